@@ -1,0 +1,141 @@
+"""Resumable, checksum-verified download of the network weights (standard library only).
+
+The VGG19 file is 510 MB from a single university server, and a download that size often gets
+cut off (a dropped connection, a sleeping laptop, Ctrl-C). Starting over each time wastes a lot of
+time, so the bytes go to `<dest>.part`, the next call asks only for the rest with an HTTP Range
+request, and only a whole file whose SHA-256 matches is renamed to `dest`. A truncated or corrupt
+file never sits under the final name, where the loader would take it for the real one.
+"""
+import hashlib
+import http.client
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from errors import UserError
+from progress import LiveLine
+
+CHUNK = 1 << 20  # bytes per read and per hash update
+TIMEOUT_S = 30  # per connect and per read, so a dead server cannot hang the run
+MB = 1 << 20
+
+
+def fetch(url, dest, sha256, progress=True, manual_hint=""):
+    """Download url to dest, resuming a partial download, verifying sha256; returns Path(dest)."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _download(url, part, progress)
+    except (OSError, http.client.HTTPException) as error:  # URLError and HTTPError are OSErrors
+        raise UserError(_failure(url, error, part, manual_hint)) from None
+    actual = _sha256(part)
+    if actual != sha256.lower():
+        part.unlink()
+        raise UserError(f"The file downloaded from {url} has SHA-256 {actual}, not the expected "
+                        f"{sha256.lower()}, so it was deleted; {_retry(manual_hint)}.")
+    os.replace(part, dest)
+    return dest
+
+
+def _download(url, part, progress):
+    """Bring part up to the whole file: append the rest, or start over if the server ignores Range.
+
+    A KeyboardInterrupt passes through; leaving the `with` closes (flushes) the part file for the
+    next call to resume from.
+    """
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # nothing left past `have`: the checksum decides
+            error.close()
+            return
+        raise
+    with response, open(part, "ab" if response.status == 206 else "wb") as out:
+        done = have if response.status == 206 else 0
+        length = response.headers.get("Content-Length")
+        total = done + int(length) if length else None
+        bar = _Progress(total, done, sys.stderr) if progress else None
+        try:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if bar:
+                    bar.update(done)
+        finally:
+            if bar:
+                bar.close()
+    if total is not None and done < total:  # http.client returns b"" when a connection drops
+        raise ConnectionError(f"the server closed the connection after {done / MB:.1f} of "
+                              f"{total / MB:.1f} MB")
+
+
+def _sha256(path):
+    """Hash the whole file from its start, so a resumed download is checked as one piece."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _failure(url, error, part, manual_hint):
+    """One sentence: what failed and why, what is kept for resuming, and how else to get the file."""
+    if isinstance(error, urllib.error.HTTPError):
+        why = f"HTTP {error.code} {error.reason}"
+    else:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        why = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    kept = part.stat().st_size if part.exists() else 0
+    resume = (f"the {kept / MB:.1f} MB received so far are kept in {part} and the next try resumes "
+              f"from there; " if kept else "")
+    return f"Downloading {url} failed ({why}); {resume}{_retry(manual_hint)}."
+
+
+def _retry(manual_hint):
+    hint = manual_hint.strip().rstrip(".")
+    return f"try again, or {hint}" if hint else "try again"
+
+
+class _Progress:
+    """The download's status line: rewritten in place on a terminal; in a log, a line every 10%."""
+
+    def __init__(self, total, done, stream):
+        self.total, self.start = total, done
+        self.line = LiveLine(stream)
+        self.began = self.shown_at = time.monotonic()
+        self.done = self.shown = done  # bytes now, and at the last line shown
+
+    def update(self, done):
+        self.done, now = done, time.monotonic()
+        if self.line.live:
+            due = now - self.shown_at >= 0.1
+        elif self.total:
+            due = done * 10 // self.total > self.shown * 10 // self.total
+        else:
+            due = now - self.shown_at >= 10
+        if due:
+            self._show(now)
+
+    def close(self):
+        """Show the final count if the last line lags behind it, and end the terminal line."""
+        if self.done != self.shown:
+            self._show(time.monotonic())
+        self.line.close()
+
+    def _show(self, now):
+        done = self.done
+        speed = (done - self.start) / MB / max(now - self.began, 1e-3)
+        if self.total:
+            left = (self.total - done) / MB / speed if speed else 0
+            text = (f"{100 * done / self.total:3.0f}%  {done / MB:.1f} / {self.total / MB:.1f} MB  "
+                    f"{speed:.1f} MB/s  ETA {int(left) // 60}:{int(left) % 60:02d}")
+        else:
+            text = f"{done / MB:.1f} MB  {speed:.1f} MB/s"
+        self.line.show(text, keep=not self.line.live)
+        self.shown, self.shown_at = done, now

@@ -1,0 +1,172 @@
+"""Image files in and out, and the colour transforms of Gatys et al. (2017).
+
+Images are float32 numpy arrays [height, width, 3], RGB in 0..255. Reading accepts what users have
+(grayscale, RGBA, palette, CMYK, 16-bit) and turns it into that; writing is atomic, so an existing
+result is never half-overwritten and a crash never leaves a truncated file under the final name.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from errors import UserError
+from quiet_tf import tf
+
+WRITABLE = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def load_image(path, what="image"):
+    """Read any common image file as float32 RGB 0..255; a UserError names the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} {'is a folder' if path.is_dir() else 'does not exist'}")
+    try:
+        mode = iio.immeta(path, index=0, plugin="pillow").get("mode")
+        if mode in _HIGH_DEPTH_MODES:  # 16-bit or float grayscale: scale to 0..255 ourselves
+            image = _high_depth_to_rgb(iio.imread(path, index=0, plugin="pillow"))
+        else:  # Pillow converts palette, grayscale, CMYK, 1-bit and 16-bit RGB to RGBA for us
+            image = _over_white(iio.imread(path, index=0, mode="RGBA", plugin="pillow"))
+    except UserError:
+        raise
+    except PermissionError:
+        raise UserError(f"{what} {path} cannot be read: permission denied") from None
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "truncated" in reason.lower():
+            raise UserError(f"{what} {path} is truncated or corrupt ({reason})") from None
+        raise UserError(f"{what} {path} is not an image this program can read ({reason}); "
+                        f"use PNG, JPEG, BMP, GIF, TIFF or WebP") from None
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise UserError(f"{what} {path} is empty ({image.shape[1]}x{image.shape[0]} px)")
+    return image
+
+
+def _over_white(rgba):
+    """Composite transparent pixels over white, as an image viewer shows them."""
+    rgba = rgba.astype(np.float32)
+    alpha = rgba[..., 3:] / 255.0
+    return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+
+
+def _high_depth_to_rgb(raw):
+    raw = np.asarray(raw)
+    if np.issubdtype(raw.dtype, np.integer):
+        image = raw.astype(np.float32) * (255.0 / np.iinfo(raw.dtype).max)
+    else:
+        image = np.clip(raw.astype(np.float32), 0.0, 1.0) * 255.0
+    if image.ndim == 2:
+        image = image[..., np.newaxis]
+    if image.shape[2] in (1, 2):
+        image = np.repeat(image[..., :1], 3, axis=2)
+    return image[..., :3]
+
+
+def check_writable(path, overwrite, what="output"):
+    """Fail before a long run, not after it, when the result could not or must not be written."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITABLE:
+        raise UserError(f"{what} {path} has an unsupported extension '{path.suffix}'; use one of "
+                        f"{', '.join(WRITABLE)}")
+    if path.exists() and not overwrite:
+        raise UserError(f"{what} {path} already exists; pass --overwrite to replace it or choose "
+                        f"another name")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name such as {path / 'result.png'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"{what} folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{what} folder {folder} is not writable")
+
+
+def save_image(path, image, overwrite=True):
+    """Write atomically (a temporary file beside it, then rename). Without `overwrite`, an existing
+    file is kept and the image goes to the next free name `stem.1.png`, … instead; returns the path."""
+    path = Path(path)
+    if not overwrite:
+        path = free_name(path)
+    pixels = np.clip(np.round(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix,
+                                         dir=path.parent if str(path.parent) else ".")
+    os.close(handle)
+    try:
+        iio.imwrite(temporary, pixels, extension=path.suffix.lower())
+        if not overwrite and path.exists():  # appeared since free_name(): keep it, take the next
+            path = free_name(path)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def free_name(path):
+    """`path` if nothing is there, else the first of stem.1.ext, stem.2.ext, … that is free."""
+    path = Path(path)
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
+    return candidate
+
+
+def resize(image, height, width):
+    """Resize with an antialiasing filter (so downscaled photos and paintings do not alias)."""
+    height, width = max(int(height), 1), max(int(width), 1)
+    if image.shape[:2] == (height, width):
+        return np.asarray(image, dtype=np.float32)
+    resized = tf.image.resize(np.asarray(image, np.float32), (height, width), method="bicubic",
+                              antialias=True)
+    return np.clip(resized.numpy(), 0.0, 255.0)
+
+
+def fit_long_side(image, long_side):
+    """Scale so that the longer side is `long_side` pixels, keeping the aspect ratio."""
+    height, width = image.shape[:2]
+    scale = long_side / max(height, width)
+    return resize(image, round(height * scale), round(width * scale))
+
+
+def cap_long_side(image, max_size):
+    """Shrink to `max_size` on the longer side if it is larger; never enlarge."""
+    return fit_long_side(image, max_size) if max(image.shape[:2]) > max_size else image
+
+
+# YIQ, the colour space Gatys et al. (2017) use for luminance-only transfer.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.595716, -0.274453, -0.321263],
+                        [0.211456, -0.522591, 0.311135]], dtype=np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def rgb_to_yiq(image):
+    return np.asarray(image, np.float32) @ _RGB_TO_YIQ.T
+
+
+def yiq_to_rgb(image):
+    return np.asarray(image, np.float32) @ _YIQ_TO_RGB.T
+
+
+def luminance(image):
+    """The Y channel, repeated into three so that VGG can take it."""
+    y = rgb_to_yiq(image)[..., :1]
+    return np.repeat(y, 3, axis=2)
+
+
+def match_luminance(style, content):
+    """Style luminance with the content luminance's mean and standard deviation (Gatys et al. 2017,
+    section 5.1), so the transfer does not shift the content's brightness and contrast."""
+    style_y, content_y = luminance(style), luminance(content)
+    scaled = (style_y - style_y.mean()) / max(float(style_y.std()), 1e-6)
+    return scaled * float(content_y.std()) + float(content_y.mean())
+
+
+def with_colors_of(luminance_image, content):
+    """Combine the luminance of a result with the I and Q (colour) channels of the content."""
+    yiq = rgb_to_yiq(content)
+    yiq[..., 0] = rgb_to_yiq(luminance_image)[..., 0]
+    return np.clip(yiq_to_rgb(yiq), 0.0, 255.0)

@@ -1,0 +1,213 @@
+"""Neural style transfer by image optimisation (Gatys, Ecker & Bethge 2015/2016).
+
+    python neural_style.py --content photo.jpg --style painting.jpg --output result.png
+
+Presets: writeup (default: the course write-up's TF reproduction) and gatys2016 (the CVPR paper);
+every option below overrides its preset. Layer names are the .mat file's own: relu4_2 is the
+output of conv4_2 after its ReLU.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import images
+import progress
+from errors import UserError
+
+PRESETS = {
+    "writeup": {
+        "content_layers": "relu5_2",
+        "style_layers": "relu1_1:0.5,relu2_1:1.0,relu3_1:1.5,relu4_1:3.0,relu5_1:4.0",
+        "content_weight": 5.0, "style_weight": 100.0, "tv_weight": 0.0,
+        "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000,
+        "init": "blend", "noise_ratio": 0.75, "pooling": "avg", "max_size": 512,
+        "precision": "float32",
+    },
+    "gatys2016": {
+        "content_layers": "relu4_2",
+        "style_layers": "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
+        "content_weight": 1.0, "style_weight": 1000.0, "tv_weight": 0.0,  # alpha/beta = 1e-3
+        "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000,
+        "init": "noise", "noise_ratio": 1.0, "pooling": "avg", "max_size": 512,
+        "precision": "float32",
+    },
+}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="neural_style.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        epilog="Each option left out takes the preset's value; see README.md for the presets.")
+    io = parser.add_argument_group("images")
+    io.add_argument("--content", required=True, type=Path, help="the photo to render")
+    io.add_argument("--style", required=True, type=Path, nargs="+", help="one or more style images")
+    io.add_argument("--output", required=True, type=Path, help="where to write the result (.png, .jpg)")
+    io.add_argument("--overwrite", action="store_true", help="replace --output (and --progress-file) if it exists")
+    io.add_argument("--max-size", type=int, help="long side of the output in px; a larger content image "
+                    "is scaled down (default 512)")
+    io.add_argument("--style-scale", type=float, default=1.0, help="style image long side relative to "
+                    "the output's (default 1.0)")
+    io.add_argument("--style-blend-weights", type=float, nargs="+",
+                    help="one weight per style image (normalised to sum 1; default equal)")
+    io.add_argument("--preserve-colors", action="store_true",
+                    help="luminance-only transfer: keep the content's colours (Gatys et al. 2017)")
+    loss = parser.add_argument_group("objective")
+    loss.add_argument("--preset", choices=sorted(PRESETS), default="writeup",
+                      help="writeup (default) or gatys2016")
+    loss.add_argument("--network", type=Path, help="the MatConvNet VGG .mat file (default: "
+                      "weights/imagenet-vgg-verydeep-19.mat, downloaded on first use)")
+    loss.add_argument("--content-layers", help="comma-separated layer names, each optionally name:weight")
+    loss.add_argument("--style-layers", help="comma-separated, e.g. relu1_1:0.5,relu2_1:1.0 (a layer "
+                      "without a weight gets 1/number of style layers)")
+    loss.add_argument("--content-weight", type=float, help="alpha")
+    loss.add_argument("--style-weight", type=float, help="beta")
+    loss.add_argument("--tv-weight", type=float, help="total variation weight")
+    loss.add_argument("--pooling", choices=("avg", "max"), help="replace max pooling by average pooling")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--optimizer", choices=("adam", "lbfgs"))
+    opt.add_argument("--iterations", type=int, help="Adam steps, or L-BFGS loss evaluations")
+    opt.add_argument("--learning-rate", type=float, help="Adam's step size")
+    opt.add_argument("--init", choices=("blend", "noise", "content", "style", "image"),
+                     help="blend: noise mixed with the content (write-up); noise: white noise")
+    opt.add_argument("--init-image", type=Path, help="start from this image (implies --init image)")
+    opt.add_argument("--noise-ratio", type=float, help="share of noise in the blend init (0..1)")
+    opt.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    opt.add_argument("--precision", choices=("float32",), help="arithmetic of the network")
+    out = parser.add_argument_group("progress")
+    out.add_argument("--print-every", type=int, default=100, help="keep a progress line every N iterations")
+    out.add_argument("--checkpoint-every", type=int, default=0,
+                     help="also save the image every N iterations as OUTPUT_00100.png, ...")
+    out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
+    return parser.parse_args(argv)
+
+
+def parse_layers(spec, option, style):
+    """'relu1_1:0.5,relu2_1' -> {'relu1_1': 0.5, 'relu2_1': ...}; an omitted weight is 1 for content
+    layers and 1/n for n style layers (the paper's w_l)."""
+    names = [item.strip() for item in spec.split(",") if item.strip()]
+    if not names:
+        raise UserError(f"{option} is empty; give layer names such as relu4_2")
+    default = 1.0 / len(names) if style else 1.0
+    layers = {}
+    for item in names:
+        name, _, weight = item.partition(":")
+        try:
+            layers[name.strip()] = float(weight) if weight else default
+        except ValueError:
+            raise UserError(f"{option}: '{weight}' in '{item}' is not a number; write name:weight, "
+                            f"e.g. relu1_1:0.5") from None
+    return layers
+
+
+def settings_from(args):
+    """The preset's values, overridden by every option the user gave."""
+    from stylize import Settings
+    preset = dict(PRESETS[args.preset])
+    for key in preset:
+        if getattr(args, key, None) is not None:
+            preset[key] = getattr(args, key)
+    if args.init_image is not None and args.init is None:
+        preset["init"] = "image"
+    for value, option in ((preset["max_size"], "--max-size"), (preset["iterations"], "--iterations"),
+                          (args.print_every, "--print-every")):
+        if value < 1:
+            raise UserError(f"{option} must be a positive number, not {value}")
+    if args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be 0 (off) or positive, not {args.checkpoint_every}")
+    return Settings(
+        content_layers=parse_layers(preset["content_layers"], "--content-layers", style=False),
+        style_layers=parse_layers(preset["style_layers"], "--style-layers", style=True),
+        content_weight=preset["content_weight"], style_weight=preset["style_weight"],
+        tv_weight=preset["tv_weight"], style_blend_weights=args.style_blend_weights,
+        style_scale=args.style_scale, optimizer=preset["optimizer"],
+        learning_rate=preset["learning_rate"], iterations=preset["iterations"], init=preset["init"],
+        noise_ratio=preset["noise_ratio"], seed=args.seed, pooling=preset["pooling"],
+        preserve_colors=args.preserve_colors, precision=preset["precision"]), preset["max_size"]
+
+
+class Monitor:
+    """Shows progress, writes the progress file and the checkpoints, and relays a stop request."""
+
+    def __init__(self, args, stop_request):
+        self.args, self.stop_request = args, stop_request
+        self.line = progress.LiveLine()
+        self.log = open(args.progress_file, "w", buffering=1) if args.progress_file else None
+        self.start = None
+
+    def __call__(self, state):
+        if self.start is None:
+            self.start = time.perf_counter() - state.seconds
+        if self.log:
+            self.log.write(json.dumps(state.as_record()) + "\n")
+        every = self.args.checkpoint_every
+        if every and state.iteration and state.iteration % every == 0:
+            output = self.args.output
+            path = output.with_name(f"{output.stem}_{state.iteration:05d}{output.suffix}")
+            images.save_image(path, state.image(), overwrite=self.args.overwrite)
+        elapsed, left = progress.eta(self.start, state.iteration, state.total_iterations)
+        text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
+                f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}  "
+                f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}")
+        keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
+        self.line.show(text, keep=keep)
+        return not self.stop_request
+
+    def close(self):
+        self.line.close()
+        if self.log:
+            self.log.close()
+
+
+def run(args):
+    settings, max_size = settings_from(args)
+    images.check_writable(args.output, args.overwrite)
+    if args.progress_file:
+        if args.progress_file.exists() and not args.overwrite:
+            raise UserError(f"progress file {args.progress_file} already exists; pass --overwrite to "
+                            f"replace it or choose another name")
+    content = images.cap_long_side(images.load_image(args.content, "content image"), max_size)
+    styles = [images.load_image(path, "style image") for path in args.style]
+    init_image = images.load_image(args.init_image, "init image") if args.init_image else None
+
+    import vgg
+    from stylize import stylize
+    network = vgg.load(args.network if args.network else vgg.ensure_default())
+    with progress.graceful_interrupt() as stop_request:
+        monitor = Monitor(args, stop_request)
+        try:
+            result = stylize(network, content, styles, settings, monitor, init_image)
+        finally:
+            monitor.close()
+        saved = images.save_image(args.output, result.image, overwrite=args.overwrite)
+    if saved != args.output:
+        print(f"{args.output} appeared during the run, so the result went to {saved}", file=sys.stderr)
+    if result.status == "diverged":
+        print(f"error: the loss stopped being finite after iteration {result.iterations}; the last "
+              f"finite image is saved as {saved}. Lower --learning-rate or the loss weights.",
+              file=sys.stderr)
+        return 1
+    if result.status == "interrupted":
+        print(f"interrupted: the image at iteration {result.iterations} is saved as {saved}",
+              file=sys.stderr)
+        return 130
+    print(f"saved {saved}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the run started: nothing to save
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

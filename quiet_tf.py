@@ -1,0 +1,33 @@
+"""TensorFlow, imported without its start-up chatter.
+
+TensorFlow's C++ side prints oneDNN/CUDA/absl info lines to stderr while it is imported, before
+TF_CPP_MIN_LOG_LEVEL is honoured, so the import runs with stderr pointed at /dev/null. Every module
+of the project takes `tf` from here, which makes the order of imports irrelevant.
+"""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _import_tensorflow():
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
+        import tensorflow
+        return tensorflow
+    sys.stderr.flush()
+    saved = os.dup(stderr_fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stderr_fd)
+    try:
+        import tensorflow
+    finally:
+        os.dup2(saved, stderr_fd)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
+tf = _import_tensorflow()
+tf.get_logger().setLevel("ERROR")

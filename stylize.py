@@ -1,0 +1,312 @@
+"""Gatys et al.'s image optimisation: the output image is the variable, VGG features define its loss.
+
+`stylize()` computes the targets (content features, style Gram matrices) once, then runs Adam or
+L-BFGS on the image, calling a monitor at every iteration with the loss terms; the monitor prints,
+saves checkpoints and can stop the run. The result is always an image: the last one on completion
+or interruption, the last finite one if the loss stops being finite.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.optimize
+
+import images
+import losses
+from errors import UserError
+from quiet_tf import tf
+from vgg import VGG
+
+INITS = ("blend", "noise", "content", "style", "image")
+OPTIMIZERS = ("adam", "lbfgs")
+
+
+@dataclass
+class Settings:
+    """Everything that defines a run; the defaults are the course write-up's recipe."""
+    content_layers: dict = field(default_factory=lambda: {"relu5_2": 1.0})
+    style_layers: dict = field(default_factory=lambda: {
+        "relu1_1": 0.5, "relu2_1": 1.0, "relu3_1": 1.5, "relu4_1": 3.0, "relu5_1": 4.0})
+    content_weight: float = 5.0  # alpha
+    style_weight: float = 100.0  # beta
+    tv_weight: float = 0.0
+    style_blend_weights: list | None = None  # one per style image; normalised to sum 1
+    style_scale: float = 1.0  # style long side relative to the output's
+    optimizer: str = "adam"
+    learning_rate: float = 2.0
+    iterations: int = 3000
+    init: str = "blend"
+    noise_ratio: float = 0.75
+    seed: int | None = None
+    pooling: str = "avg"
+    preserve_colors: bool = False
+    precision: str = "float32"
+
+
+@dataclass
+class Progress:
+    """The state after one iteration: losses are the terms before alpha, beta and the TV weight."""
+    iteration: int
+    total_iterations: int
+    seconds: float  # since the optimisation started
+    content_loss: float
+    style_loss: float
+    tv_loss: float
+    total_loss: float
+    image: callable  # () -> the current image as it would be saved
+
+    def as_record(self):
+        return {"iteration": self.iteration, "seconds": round(self.seconds, 4),
+                "content_loss": self.content_loss, "style_loss": self.style_loss,
+                "tv_loss": self.tv_loss, "total_loss": self.total_loss}
+
+
+@dataclass
+class Result:
+    image: np.ndarray
+    iterations: int  # the iteration the image belongs to
+    status: str  # "done", "interrupted" or "diverged"
+
+
+class Objective:
+    """alpha * content + beta * style + tv_weight * TV of an image, against fixed targets."""
+
+    def __init__(self, vgg, content, styles, blend_weights, settings):
+        self.vgg = vgg
+        self.content_layers = settings.content_layers
+        self.style_layers = settings.style_layers
+        self.weights = tf.constant([settings.content_weight, settings.style_weight, settings.tv_weight],
+                                   tf.float32)
+        features = vgg(content[np.newaxis])
+        self.content_targets = {name: features[name] for name in self.content_layers}
+        positions = {name: int(np.prod(features[name].shape[1:3])) for name in self.style_layers}
+        self.style_targets = []  # one {layer: Gram} per style, with its blend weight
+        for style, blend in zip(styles, blend_weights):
+            style_features = vgg(style[np.newaxis])
+            grams = {}
+            for name in self.style_layers:
+                # An unnormalised Gram grows with the number of positions: rescale the style's to the
+                # output's size so E_l compares like with like (a no-op when the sizes are equal).
+                scale = positions[name] / int(np.prod(style_features[name].shape[1:3]))
+                grams[name] = losses.gram_matrix(style_features[name]) * scale
+            self.style_targets.append((float(blend), grams))
+
+    def terms(self, image):
+        """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
+        features = self.vgg(image)
+        content = tf.add_n([weight * losses.content_loss(features[name], self.content_targets[name])
+                            for name, weight in self.content_layers.items()])
+        style = tf.add_n([blend * weight * losses.style_loss(features[name], grams[name])
+                          for blend, grams in self.style_targets
+                          for name, weight in self.style_layers.items()])
+        return tf.stack([content, style, losses.total_variation_loss(image)])
+
+    def total(self, terms):
+        return tf.reduce_sum(self.weights * terms)
+
+
+class Adam:
+    """Adam with TF1's AdamOptimizer arithmetic (as the write-up used): epsilon 1e-8 outside the
+    square root, bias correction folded into the step size. The state stays float32."""
+
+    def __init__(self, variable, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
+        self.variable, self.learning_rate = variable, learning_rate
+        self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
+        self.m = tf.Variable(tf.zeros_like(variable))
+        self.v = tf.Variable(tf.zeros_like(variable))
+        self.t = tf.Variable(0.0)
+
+    def apply(self, gradient):
+        t = self.t.assign_add(1.0)
+        m = self.m.assign(self.beta1 * self.m + (1.0 - self.beta1) * gradient)
+        v = self.v.assign(self.beta2 * self.v + (1.0 - self.beta2) * tf.square(gradient))
+        step = self.learning_rate * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
+        self.variable.assign_sub(step * m / (tf.sqrt(v) + self.epsilon))
+
+
+def stylize(network, content, styles, settings, monitor=lambda progress: True, init_image=None):
+    """Render `content` (float32 RGB 0..255, already at the output size) in the style of `styles`.
+
+    `monitor(progress)` is called for iteration 0 (the initial image) and after every iteration;
+    returning False stops the run. Returns a Result.
+    """
+    _check_settings(settings, len(styles))
+    height, width = content.shape[:2]
+    blend = np.asarray(settings.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
+    blend = blend / blend.sum()
+    long_side = max(1, round(settings.style_scale * max(height, width)))
+    styles = [images.fit_long_side(style, long_side) for style in styles]
+
+    original_content = content
+    if settings.preserve_colors:  # Gatys et al. 2017: transfer on luminance, colours from the content
+        styles = [images.match_luminance(style, content) for style in styles]
+        content = images.luminance(content)
+        if init_image is not None:
+            init_image = images.luminance(init_image)
+
+    layers = list(settings.content_layers) + list(settings.style_layers)
+    vgg = VGG(network, layers, pooling=settings.pooling, dtype=settings.precision)
+    _check_size("content image", content, vgg)
+    for i, style in enumerate(styles):
+        _check_size(f"style image {i + 1}" if len(styles) > 1 else "style image", style, vgg)
+
+    objective = Objective(vgg, content, styles, blend, settings)
+    start = np.clip(initial_image(settings, content, styles[0], network.mean_pixel, init_image), 0, 255)
+
+    def finish(image):
+        return images.with_colors_of(image, original_content) if settings.preserve_colors else image
+
+    run = _adam if settings.optimizer == "adam" else _lbfgs
+    image, iteration, status = run(objective, start, settings, monitor, finish)
+    return Result(finish(image), iteration, status)
+
+
+def initial_image(settings, content, style, mean_pixel, init_image=None):
+    """The starting point: the write-up's noise blend (in the network's mean-subtracted input
+    space, as it did), white noise around the mean pixel, the content, the style or a given image."""
+    rng = np.random.default_rng(settings.seed)
+    shape = content.shape
+    if settings.init == "content":
+        return content.copy()
+    if settings.init == "style":
+        return images.resize(style, *shape[:2])
+    if settings.init == "image":
+        if init_image is None:
+            raise UserError("--init image needs --init-image PATH")
+        return images.resize(init_image, *shape[:2])
+    ratio = 1.0 if settings.init == "noise" else settings.noise_ratio
+    mean = np.asarray(mean_pixel, np.float32)
+    noise = rng.uniform(-20.0, 20.0, shape).astype(np.float32)
+    return (mean + ratio * noise + (1.0 - ratio) * (content - mean)).astype(np.float32)
+
+
+def _adam(objective, start, settings, monitor, finish):
+    image = tf.Variable(start[np.newaxis])
+    previous = tf.Variable(image)
+    gradient = tf.Variable(tf.zeros_like(image))
+    adam = Adam(image, settings.learning_rate)
+
+    @tf.function
+    def evaluate():
+        """Loss terms at the current image; its gradient is kept for the next update."""
+        with tf.GradientTape() as tape:
+            terms = objective.terms(image)
+            total = objective.total(terms)
+        gradient.assign(tape.gradient(total, image))
+        return terms, total
+
+    @tf.function
+    def step():
+        previous.assign(image)
+        adam.apply(gradient)
+        image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
+        return evaluate()
+
+    current = lambda: finish(image.numpy()[0])
+    clock = time.perf_counter()
+    iteration = 0
+    try:
+        terms, total = evaluate()
+        clock = time.perf_counter()  # the first call traces and compiles: not optimisation time
+        while True:
+            terms, total = terms.numpy(), float(total)
+            if not np.isfinite(total):
+                return (previous.numpy()[0] if iteration else start), max(iteration - 1, 0), "diverged"
+            progress = Progress(iteration, settings.iterations, time.perf_counter() - clock,
+                                *map(float, terms), total, current)
+            if not monitor(progress):
+                return image.numpy()[0], iteration, "interrupted"
+            if iteration == settings.iterations:
+                return image.numpy()[0], iteration, "done"
+            terms, total = step()
+            iteration += 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep what we have
+        return image.numpy()[0], iteration, "interrupted"
+
+
+class _Stop(Exception):
+    """Raised inside the L-BFGS objective to end scipy's loop."""
+
+
+def _lbfgs(objective, start, settings, monitor, finish):
+    """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation."""
+    shape = (1,) + start.shape
+
+    @tf.function
+    def loss_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            terms = objective.terms(x)
+            total = objective.total(terms)
+        return terms, total, tape.gradient(total, x)
+
+    state = {"iteration": -1, "best": start.astype(np.float64).ravel(), "best_loss": np.inf,
+             "best_iteration": 0, "status": "done", "clock": None}
+
+    def fun(x):
+        if state["iteration"] >= settings.iterations:
+            raise _Stop
+        terms, total, gradient = loss_and_gradient(tf.constant(x.reshape(shape), tf.float32))
+        if state["clock"] is None:
+            state["clock"] = time.perf_counter()  # after the first call's tracing
+        state["iteration"] += 1
+        total = float(total)
+        if not np.isfinite(total):
+            state["status"] = "diverged"
+            raise _Stop
+        if total < state["best_loss"]:
+            state.update(best=x.copy(), best_loss=total, best_iteration=state["iteration"])
+        progress = Progress(state["iteration"], settings.iterations,
+                            time.perf_counter() - state["clock"], *map(float, terms.numpy()), total,
+                            lambda: finish(x.reshape(start.shape).astype(np.float32)))
+        if not monitor(progress):
+            state["status"] = "interrupted"
+            raise _Stop
+        return total, gradient.numpy().astype(np.float64).ravel()
+
+    try:
+        scipy.optimize.minimize(fun, start.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
+                                bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
+                                options={"maxiter": settings.iterations, "maxfun": settings.iterations + 1,
+                                         "ftol": 0.0, "gtol": 0.0})
+    except _Stop:
+        pass
+    except KeyboardInterrupt:
+        state["status"] = "interrupted"
+    best = state["best"].reshape(start.shape).astype(np.float32)
+    return best, state["best_iteration"], state["status"]
+
+
+def _check_settings(settings, style_count):
+    if settings.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not '{settings.optimizer}'")
+    if settings.init not in INITS:
+        raise UserError(f"init must be one of {', '.join(INITS)}, not '{settings.init}'")
+    if style_count < 1:
+        raise UserError("give at least one style image")
+    if settings.iterations < 1:
+        raise UserError(f"iterations must be a positive number, not {settings.iterations}")
+    if settings.style_scale <= 0:
+        raise UserError(f"style scale must be positive, not {settings.style_scale}")
+    if not 0.0 <= settings.noise_ratio <= 1.0:
+        raise UserError(f"noise ratio must be between 0 and 1, not {settings.noise_ratio}")
+    if settings.learning_rate <= 0:
+        raise UserError(f"learning rate must be positive, not {settings.learning_rate}")
+    if not settings.content_layers or not settings.style_layers:
+        raise UserError("give at least one content layer and one style layer")
+    blend = settings.style_blend_weights
+    if blend is not None:
+        if len(blend) != style_count:
+            raise UserError(f"{len(blend)} style blend weights given for {style_count} style "
+                            f"image{'s' if style_count > 1 else ''}: give one weight per style image")
+        if any(w < 0 for w in blend) or sum(blend) <= 0:
+            raise UserError("style blend weights must be non-negative and not all zero")
+
+
+def _check_size(what, image, vgg):
+    height, width = image.shape[:2]
+    if min(height, width) < vgg.min_size:
+        deepest = vgg.layers[-1].name
+        raise UserError(f"the {what} is {width}x{height} px at the size it is used, but layer {deepest} "
+                        f"needs at least {vgg.min_size} px on each side: use a larger image, a larger "
+                        f"--max-size or --style-scale, or shallower layers")

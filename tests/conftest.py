@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny networks with the real VGG19 layer names and layout, and small images."""
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vgg
+
+TINY_WIDTHS = (4, 4, 8, 8, 8)  # channels per block: the real layout, few channels
+TINY_CLASSIFIER = (16, 10)
+
+
+def write_tiny(path, layout="new", blocks=vgg.VGG19_BLOCKS, seed=0):
+    return vgg.write_random(path, blocks=blocks, widths=TINY_WIDTHS, classifier=TINY_CLASSIFIER,
+                            layout=layout, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_mat(tmp_path_factory):
+    """A VGG19-shaped .mat (current layout) with a few channels per layer."""
+    return write_tiny(tmp_path_factory.mktemp("net") / "tiny-vgg19.mat")
+
+
+@pytest.fixture(scope="session")
+def tiny_network(tiny_mat):
+    return vgg.load(tiny_mat)
+
+
+def smooth_image(height, width, seed=0):
+    """A photo-like test image: smooth colour gradients plus a few shapes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 5 + y / 7)], axis=-1)
+    for _ in range(3):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(1, max(2, height / 3))
+        image[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    return np.clip(image, 0, 255).astype(np.float32)
+
+
+def stripes_image(height, width, period=6):
+    """A style-like test image: diagonal coloured stripes."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = (x + y) / period
+    return np.stack([127 + 120 * np.sin(phase), 127 + 120 * np.cos(phase * 1.3), 60 + 50 * np.sin(x / 3)],
+                    axis=-1).astype(np.float32)
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    """A content photo and a style image on disk."""
+    import images
+    content = images.save_image(tmp_path / "content.png", smooth_image(40, 48))
+    style = images.save_image(tmp_path / "style.png", stripes_image(44, 44))
+    return content, style
+
+
+@pytest.fixture(scope="session")
+def real_network_path():
+    path = os.environ.get("NST_TEST_NETWORK")
+    if not path or not Path(path).is_file():
+        pytest.skip("NST_TEST_NETWORK does not name a .mat file")
+    return Path(path)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Serves the server's `body` at /file; honours `Range: bytes=N-` unless the server says not to."""
+
+    def do_GET(self):
+        server = self.server
+        server.requests.append(self.headers.get("Range"))
+        if self.path != "/file":
+            self.send_error(404)
+            return
+        body, start = server.body, 0
+        wanted = self.headers.get("Range")
+        if wanted and server.ranges:
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        rest = body[start:]
+        # A broken server sends half of what it promised, then closes (HTTP/1.0 closes after each).
+        self.wfile.write(rest[:len(rest) // 2] if server.cut else rest)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    """serve(ranges=True, cut=False, body=BODY) -> (url of /file, list of the Range headers
+    received): a file server on 127.0.0.1 for the download tests."""
+    servers = []
+
+    def start(ranges=True, cut=False, body=b""):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.body, server.ranges, server.cut, server.requests = body, ranges, cut, []
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/file", server.requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,224 @@
+"""neural_style.py end to end at 32-64 px on a tiny network: results, presets, progress, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import images
+import neural_style
+import vgg
+from conftest import smooth_image, stripes_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args):
+    return neural_style.main([str(a) for a in args])
+
+
+@pytest.fixture
+def base(tiny_mat, image_files, tmp_path):
+    content, style = image_files
+    return ["--content", content, "--style", style, "--network", tiny_mat, "--iterations", 4]
+
+
+def test_end_to_end_writes_the_image_and_the_progress_file(base, tmp_path, capsys):
+    out, log = tmp_path / "out.png", tmp_path / "progress.jsonl"
+    assert cli(*base, "--output", out, "--progress-file", log, "--seed", 1) == 0
+    result = images.load_image(out)
+    assert result.shape == (40, 48, 3)  # the content's size (under --max-size)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3, 4]
+    assert set(records[0]) == {"iteration", "seconds", "content_loss", "style_loss", "tv_loss", "total_loss"}
+    assert records[-1]["total_loss"] < records[0]["total_loss"]
+    # The total is alpha * content + beta * style + tv * TV with the write-up's alpha = 5, beta = 100.
+    r = records[2]
+    assert r["total_loss"] == pytest.approx(5 * r["content_loss"] + 100 * r["style_loss"], rel=1e-4)
+    assert f"saved {out}" in capsys.readouterr().out
+
+
+def test_max_size_caps_the_long_side(base, tmp_path):
+    out = tmp_path / "small.png"
+    assert cli(*base, "--output", out, "--max-size", 32) == 0
+    assert images.load_image(out).shape == (27, 32, 3)
+
+
+def test_checkpoints_are_numbered_images(base, tmp_path):
+    out = tmp_path / "out.png"
+    assert cli(*base, "--output", out, "--checkpoint-every", 2) == 0
+    assert sorted(p.name for p in tmp_path.glob("out_*.png")) == ["out_00002.png", "out_00004.png"]
+
+
+def test_existing_output_is_not_replaced_without_overwrite(base, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+    assert cli(*base, "--output", out) == 1
+    assert out.read_bytes() == b"precious"
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli(*base, "--output", out, "--overwrite") == 0
+    assert images.load_image(out).shape == (40, 48, 3)
+
+
+def test_same_seed_same_image(base, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    cli(*base, "--output", a, "--seed", 5)
+    cli(*base, "--output", b, "--seed", 5)
+    np.testing.assert_array_equal(images.load_image(a), images.load_image(b))
+
+
+def test_lbfgs_preserve_colors_and_several_styles(base, tmp_path, image_files):
+    other = images.save_image(tmp_path / "other.png", smooth_image(30, 50, seed=4))
+    out, log = tmp_path / "out.png", tmp_path / "p.jsonl"
+    args = list(base)
+    style_at = args.index("--style")
+    args[style_at + 1:style_at + 2] = [image_files[1], other]
+    assert cli(*args, "--output", out, "--optimizer", "lbfgs", "--preserve-colors",
+               "--style-blend-weights", "1", "2", "--progress-file", log) == 0
+    assert len(log.read_text().splitlines()) == 5  # iteration 0 and 4 evaluations
+
+
+def test_presets_and_overrides():
+    args = neural_style.parse_args(["--content", "c.jpg", "--style", "s.jpg", "--output", "o.png"])
+    s, max_size = neural_style.settings_from(args)
+    assert s.content_layers == {"relu5_2": 1.0}
+    assert s.style_layers == {"relu1_1": 0.5, "relu2_1": 1.0, "relu3_1": 1.5, "relu4_1": 3.0, "relu5_1": 4.0}
+    assert (s.content_weight, s.style_weight, s.optimizer, s.learning_rate, s.iterations) == (5, 100, "adam", 2.0, 3000)
+    assert (s.init, s.noise_ratio, s.pooling, max_size, s.tv_weight) == ("blend", 0.75, "avg", 512, 0)
+    args = neural_style.parse_args(["--content", "c", "--style", "s", "--output", "o.png", "--preset", "gatys2016"])
+    s, _ = neural_style.settings_from(args)
+    assert s.content_layers == {"relu4_2": 1.0}
+    assert s.style_layers == {f"relu{i}_1": pytest.approx(0.2) for i in range(1, 6)}
+    assert s.content_weight / s.style_weight == pytest.approx(1e-3)
+    assert (s.optimizer, s.init, s.pooling) == ("lbfgs", "noise", "avg")
+    args = neural_style.parse_args(["--content", "c", "--style", "s", "--output", "o.png", "--preset",
+                                    "gatys2016", "--optimizer", "adam", "--style-layers",
+                                    "relu1_1:0.5,relu2_1", "--pooling", "max", "--iterations", "7"])
+    s, _ = neural_style.settings_from(args)
+    assert (s.optimizer, s.pooling, s.iterations) == ("adam", "max", 7)
+    assert s.style_layers == {"relu1_1": 0.5, "relu2_1": 0.5}
+
+
+def test_init_image_option_implies_image_init(base, tmp_path):
+    start = images.save_image(tmp_path / "start.png", np.full((10, 10, 3), 200.0))
+    args = neural_style.parse_args(["--content", "c", "--style", "s", "--output", "o.png",
+                                    "--init-image", str(start)])
+    assert neural_style.settings_from(args)[0].init == "image"
+    out = tmp_path / "o.png"
+    assert cli(*base, "--output", out, "--init-image", start, "--iterations", 1, "--learning-rate", 0.01) == 0
+    assert abs(images.load_image(out).mean() - 200) < 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--iterations", "0"], "--iterations must be a positive number"),
+    (["--max-size", "-5"], "--max-size must be a positive number"),
+    (["--style-layers", "relu9_9"], "'relu9_9' is not in"),
+    (["--content-layers", "relu4_2:heavy"], "'heavy' in 'relu4_2:heavy' is not a number"),
+    (["--style-blend-weights", "1", "2"], "2 style blend weights given for 1 style image"),
+    (["--max-size", "12"], "needs at least 16 px"),
+    (["--init", "image"], "--init image needs --init-image"),
+    (["--noise-ratio", "2"], "noise ratio must be between 0 and 1"),
+])
+def test_bad_options_give_one_clear_error(base, tmp_path, capsys, extra, message):
+    out = tmp_path / "out.png"
+    assert cli(*base, "--output", out, *extra) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ")
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unknown_layer_lists_the_available_ones(base, tmp_path, capsys):
+    assert cli(*base, "--output", tmp_path / "o.png", "--content-layers", "conv4_5") == 1
+    err = capsys.readouterr().err
+    assert "relu4_2" in err and "conv5_4" in err
+
+
+@pytest.mark.parametrize("which, make, message", [
+    ("--content", lambda p: None, "does not exist"),
+    ("--content", lambda p: p.write_text("not an image"), "is not an image"),
+    ("--style", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00"), "style image"),
+    ("--network", lambda p: p.write_text("<html>Not Found</html>"), "web page"),
+    ("--network", lambda p: None, "vgg.py download"),
+])
+def test_bad_files_give_one_clear_error(base, tmp_path, capsys, which, make, message):
+    bad = tmp_path / ("bad.mat" if which == "--network" else "bad.png")
+    make(bad)
+    args = list(base)
+    args[args.index(which) + 1] = bad
+    assert cli(*args, "--output", tmp_path / "out.png") == 1
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err and "Traceback" not in err
+
+
+def test_unsupported_output_format_fails_before_the_run(base, tmp_path, capsys):
+    assert cli(*base, "--output", tmp_path / "out.gifv") == 1
+    assert "unsupported extension" in capsys.readouterr().err
+
+
+def test_default_network_is_downloaded_on_first_use(base, tmp_path, tiny_mat, serve, monkeypatch):
+    import hashlib
+    url, _ = serve(body=tiny_mat.read_bytes())
+    dest = tmp_path / "weights" / "imagenet-vgg-verydeep-19.mat"
+    monkeypatch.setattr(vgg, "DEFAULT_PATH", dest)
+    monkeypatch.setattr(vgg, "URL", url)
+    monkeypatch.setattr(vgg, "SHA256", hashlib.sha256(tiny_mat.read_bytes()).hexdigest())
+    args = list(base)
+    del args[args.index("--network"):args.index("--network") + 2]
+    assert cli(*args, "--output", tmp_path / "out.png") == 0
+    assert dest.read_bytes() == tiny_mat.read_bytes()
+
+
+def test_no_network_prints_the_url_and_checksum(base, tmp_path, monkeypatch, capsys):
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/imagenet-vgg-verydeep-19.mat"
+    monkeypatch.setattr(vgg, "DEFAULT_PATH", tmp_path / "weights" / "net.mat")
+    monkeypatch.setattr(vgg, "URL", url)
+    args = list(base)
+    del args[args.index("--network"):args.index("--network") + 2]
+    assert cli(*args, "--output", tmp_path / "out.png") == 1
+    err = capsys.readouterr().err
+    assert url in err and vgg.SHA256 in err and "Traceback" not in err
+    assert not (tmp_path / "weights" / "net.mat").exists()
+
+
+# ---- as a user runs it: a separate process --------------------------------------------------
+
+def run_script(*args, **kwargs):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(ROOT / "neural_style.py"), *map(str, args)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_a_user_mistake_prints_one_line_and_no_tensorflow_chatter(tmp_path, tiny_mat):
+    process = run_script("--content", tmp_path / "missing.jpg", "--style", tmp_path / "s.jpg",
+                         "--output", tmp_path / "o.png", "--network", tiny_mat)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert err.strip().splitlines() == [f"error: content image {tmp_path / 'missing.jpg'} does not exist"]
+
+
+def test_ctrl_c_saves_the_current_image(tmp_path, tiny_mat, image_files):
+    content, style = image_files
+    out, log = tmp_path / "out.png", tmp_path / "progress.jsonl"
+    process = run_script("--content", content, "--style", style, "--network", tiny_mat, "--output", out,
+                         "--iterations", 100000, "--progress-file", log)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err
+    assert images.load_image(out).shape == (40, 48, 3)
+    last = json.loads(log.read_text().splitlines()[-1])["iteration"]
+    assert f"iteration {last} is saved" in err

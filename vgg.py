@@ -1,0 +1,388 @@
+"""VGG from MatConvNet's `imagenet-vgg-verydeep-19.mat`: load the file, build the graph, fetch the file.
+
+The loader reads both published layouts of the file by field name (see README, "Weights"). The graph
+is built layer by layer from the file's own layer list, as the TF1 implementations did, so the VGG16
+file works as well; it stops at the deepest layer a run needs.
+
+    python vgg.py download      fetch the VGG19 file into weights/ (resumable, checksum-verified)
+"""
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from errors import UserError
+from quiet_tf import tf
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_PATH = WEIGHTS_DIR / "imagenet-vgg-verydeep-19.mat"
+URL = "https://www.vlfeat.org/matconvnet/models/imagenet-vgg-verydeep-19.mat"
+SHA256 = "abdb57167f82a2a1fbab1e1c16ad9373411883f262a1a37ee5db2e6fb0044695"
+HOW_TO_GET = (f"run `python vgg.py download` to fetch {DEFAULT_PATH.name} into weights/, "
+              f"or download {URL} (SHA256 {SHA256}) by hand")
+
+# The layer types the graph can run; a file's list is cut at the first other type (fc8's softmax).
+SUPPORTED_TYPES = ("conv", "relu", "pool")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One entry of the file's layer list, with what the graph needs of it."""
+    name: str
+    type: str
+    kernel: np.ndarray | None = None  # [height, width, in, out], as stored
+    bias: np.ndarray | None = None  # [out]
+    pad: tuple = (0, 0, 0, 0)  # top, bottom, left, right
+    stride: tuple = (1, 1)
+    pool_size: tuple = (2, 2)
+
+
+@dataclass(frozen=True)
+class Network:
+    """The layers and the mean pixel of a `.mat` file."""
+    path: str
+    layers: tuple
+    mean_pixel: np.ndarray  # RGB, subtracted from images in 0..255
+
+    @property
+    def layer_names(self):
+        return [layer.name for layer in self.layers]
+
+    def index(self, name):
+        """Position of a layer; a clear error that lists the usable names when it is absent."""
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                if layer.type not in SUPPORTED_TYPES or i >= self._graph_end:
+                    raise UserError(f"layer {name} of {self.path} is of type '{layer.type}', which style "
+                                    f"transfer cannot use; use one of: {', '.join(self.usable_names)}")
+                return i
+        raise UserError(f"layer '{name}' is not in {self.path}; its layers are: "
+                        f"{', '.join(self.usable_names)}")
+
+    @property
+    def _graph_end(self):
+        for i, layer in enumerate(self.layers):
+            if layer.type not in SUPPORTED_TYPES:
+                return i
+        return len(self.layers)
+
+    @property
+    def usable_names(self):
+        return self.layer_names[:self._graph_end]
+
+    def min_size(self, name):
+        """Smallest image side for which layer `name` still sees at least one whole pixel."""
+        size = 1
+        for layer in reversed(self.layers[:self.index(name) + 1]):
+            if layer.type == "conv":
+                size = (size - 1) * layer.stride[0] + layer.kernel.shape[0] - layer.pad[0] - layer.pad[1]
+            elif layer.type == "pool":
+                size *= layer.stride[0]
+        return max(size, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the .mat file
+
+def _text(value):
+    """A MATLAB char array as loadmat returns it (nested 1-element arrays) as a Python string."""
+    while isinstance(value, np.ndarray):
+        if value.size == 0:
+            return ""
+        value = value.ravel()[0]
+    return str(value)
+
+
+def _numbers(value, count, name):
+    """A scalar or vector field as `count` integers (MatConvNet allows a scalar for all)."""
+    values = [int(v) for v in np.asarray(value, dtype=np.float64).ravel()]
+    if len(values) == 1:
+        return tuple(values * count)
+    if count == 4 and len(values) == 2:  # [vertical horizontal]
+        return (values[0], values[0], values[1], values[1])
+    if len(values) != count:
+        raise ValueError(f"field {name} has {len(values)} values, expected {count}")
+    return tuple(values)
+
+
+def _struct(item):
+    """A cell element of `layers` ((1, 1) structured array) as a dict of its fields, by name."""
+    struct = np.asarray(item)
+    if struct.dtype.names is None:
+        raise ValueError("a layer is not a struct")
+    struct = struct.ravel()[0]
+    return {name: struct[name] for name in struct.dtype.names}
+
+
+def _parse_layer(fields):
+    name, kind = _text(fields["name"]), _text(fields["type"])
+    if kind == "conv":
+        weights = np.asarray(fields["weights"]).ravel()
+        kernel = np.asarray(weights[0], dtype=np.float32)
+        bias = np.asarray(weights[1], dtype=np.float32).reshape(-1)
+        if kernel.ndim == 3:  # MATLAB drops a trailing singleton dimension (one output channel)
+            kernel = kernel[..., np.newaxis]
+        if kernel.ndim == 2:
+            kernel = kernel[..., np.newaxis, np.newaxis]
+        if kernel.ndim != 4 or bias.shape != (kernel.shape[3],):
+            raise ValueError(f"conv layer {name} has kernels {kernel.shape} and biases {bias.shape}")
+        return Layer(name, kind, kernel=kernel, bias=bias,
+                     pad=_numbers(fields.get("pad", 0), 4, "pad"),
+                     stride=_numbers(fields.get("stride", 1), 2, "stride"))
+    if kind == "pool":
+        return Layer(name, kind, pad=_numbers(fields.get("pad", 0), 4, "pad"),
+                     stride=_numbers(fields.get("stride", 2), 2, "stride"),
+                     pool_size=_numbers(fields.get("pool", 2), 2, "pool"))
+    return Layer(name, kind)
+
+
+def _mean_pixel(data):
+    """The mean pixel: `meta.normalization` (current layout) or `normalization` (old layout)."""
+    if "meta" in data:
+        normalization = _struct(_struct(data["meta"])["normalization"])
+    else:
+        normalization = _struct(data["normalization"])
+    average = np.asarray(normalization["averageImage"], dtype=np.float64)
+    if average.ndim == 3:  # an image (old layout: 224x224x3): its mean over the spatial axes
+        average = average.mean(axis=(0, 1))
+    average = average.reshape(-1)
+    if average.shape != (3,):
+        raise ValueError(f"averageImage has {average.size} values, expected 3 (RGB)")
+    return average.astype(np.float32)
+
+
+def _check_header(path):
+    with open(path, "rb") as f:
+        head = f.read(128)
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        raise UserError(f"{path} is a web page, not a MatConvNet .mat file (a failed download?): "
+                        f"delete it and {HOW_TO_GET}")
+    if head.startswith(b"MATLAB 7.3"):
+        raise UserError(f"{path} is a MATLAB v7.3 (HDF5) file; the MatConvNet VGG files are MATLAB v5: "
+                        f"{HOW_TO_GET}")
+    if not head.startswith(b"MATLAB 5.0 MAT-file"):
+        raise UserError(f"{path} is not a MATLAB .mat file (expected MatConvNet's "
+                        f"imagenet-vgg-verydeep-19.mat): {HOW_TO_GET}")
+
+
+def load(path):
+    """Read a MatConvNet simplenn VGG file into a Network, or fail with one clear UserError."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"network file {path} {what}: {HOW_TO_GET}")
+    try:
+        _check_header(path)
+        data = scipy.io.loadmat(str(path))
+    except UserError:
+        raise
+    except Exception as error:  # scipy raises many kinds on a damaged file; all mean the same here
+        raise UserError(f"{path} ({path.stat().st_size:,} bytes) could not be read as a .mat file "
+                        f"({type(error).__name__}: {error}); it is probably truncated or corrupt: delete "
+                        f"it and {HOW_TO_GET}") from None
+    try:
+        if "layers" not in data:
+            keys = ", ".join(k for k in data if not k.startswith("__")) or "nothing"
+            raise ValueError(f"it holds {keys} but no 'layers' list")
+        cells = np.asarray(data["layers"]).ravel()
+        if cells.dtype != object:
+            raise ValueError("its 'layers' is a struct array (a DagNN model?), not a cell array of "
+                             "SimpleNN layers")
+        layers = tuple(_parse_layer(_struct(cell)) for cell in cells)
+        mean = _mean_pixel(data)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise UserError(f"{path} is not a MatConvNet VGG network: {error}. Expected "
+                        f"imagenet-vgg-verydeep-19.mat: {HOW_TO_GET}") from None
+    convs = [layer for layer in layers if layer.type == "conv"]
+    if not convs or convs[0].kernel.shape[2] != 3:
+        raise UserError(f"{path} is not a MatConvNet VGG network: its first layer does not take an RGB "
+                        f"image. Expected imagenet-vgg-verydeep-19.mat: {HOW_TO_GET}")
+    return Network(str(path), layers, mean)
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph
+
+class VGG:
+    """The network's layers up to the deepest of `outputs`, as a function image -> {name: features}.
+
+    Images are [batch, height, width, 3] float32 RGB in 0..255; the mean pixel is subtracted here.
+    `pooling` replaces the file's max pooling by average pooling ("avg", as Gatys et al.) or keeps
+    it ("max"). Features come back as float32 whatever `dtype` the network computes in.
+    """
+
+    def __init__(self, network, outputs, pooling="avg", dtype=tf.float32):
+        if pooling not in ("avg", "max"):
+            raise UserError(f"pooling must be 'avg' or 'max', not '{pooling}'")
+        self.network = network
+        self.outputs = tuple(dict.fromkeys(outputs))
+        if not self.outputs:
+            raise ValueError("VGG needs at least one output layer")
+        deepest = max(network.index(name) for name in self.outputs)
+        self.layers = network.layers[:deepest + 1]
+        self.pooling = pooling
+        self.dtype = tf.as_dtype(dtype)
+        self.min_size = max(network.min_size(name) for name in self.outputs)
+        self._mean = tf.constant(network.mean_pixel, tf.float32)
+        self._weights = {layer.name: (tf.constant(layer.kernel, self.dtype), tf.constant(layer.bias, self.dtype))
+                         for layer in self.layers if layer.type == "conv"}
+
+    def __call__(self, images):
+        x = tf.cast(images - self._mean, self.dtype)
+        features = {}
+        for layer in self.layers:
+            x = self._apply(layer, x)
+            if layer.name in self.outputs:
+                features[layer.name] = tf.cast(x, tf.float32)
+        return features
+
+    def _apply(self, layer, x):
+        if layer.type == "conv":
+            kernel, bias = self._weights[layer.name]
+            return tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides=layer.stride,
+                                               padding=_conv_padding(layer)), bias)
+        if layer.type == "relu":
+            return tf.nn.relu(x)
+        # Pooling keeps the last row and column of an odd-sized map (Caffe's ceil mode, as the
+        # paper's Caffe network did); windows that cross the border average the pixels inside.
+        pool = tf.nn.avg_pool2d if self.pooling == "avg" else tf.nn.max_pool2d
+        return pool(x, ksize=layer.pool_size, strides=layer.stride, padding="SAME")
+
+
+def _conv_padding(layer):
+    top, bottom, left, right = layer.pad
+    height, width = layer.kernel.shape[:2]
+    if layer.stride == (1, 1) and (top + bottom, left + right) == (height - 1, width - 1) \
+            and top == bottom and left == right:
+        return "SAME"
+    if layer.pad == (0, 0, 0, 0):
+        return "VALID"
+    return [[0, 0], [top, bottom], [left, right], [0, 0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a network: random weights of a real layout, for tests and the benchmark
+
+VGG19_BLOCKS = (2, 2, 4, 4, 4)
+VGG16_BLOCKS = (2, 2, 3, 3, 3)
+VGG_WIDTHS = (64, 128, 256, 512, 512)
+IMAGENET_MEAN = (123.68, 116.779, 103.939)
+
+
+def write_random(path, blocks=VGG19_BLOCKS, widths=VGG_WIDTHS, classifier=(4096, 1000),
+                 layout="new", seed=0):
+    """Write a MatConvNet VGG `.mat` with He-initialised random weights.
+
+    `blocks` and `widths` give the convolutions per block and their channels: the defaults are the real
+    VGG19 shapes (with `classifier` the fc layers of the published file, 548 MB); tests use a few
+    channels. `layout` is "new" (meta.normalization, current URL) or "old" (normalization with a mean
+    image, the beta16 file), each with its own field order.
+    """
+    rng = np.random.default_rng(seed)
+    layers, channels = [], 3
+
+    def conv(name, size, out, pad):
+        nonlocal channels
+        kernel = rng.standard_normal((size, size, channels, out), dtype=np.float32)
+        kernel *= np.float32(np.sqrt(2.0 / (size * size * channels)))
+        bias = (rng.standard_normal(out) * 0.01).astype(np.float32)
+        weights = np.empty((1, 2), dtype=object)
+        weights[0, 0] = kernel
+        weights[0, 1] = bias.reshape(1, out) if layout == "new" else bias.reshape(out, 1)
+        pad = np.full((1, 4), float(pad))
+        stride = np.array([[1.0, 1.0]])
+        if layout == "new":
+            layers.append({"name": name, "type": "conv", "weights": weights, "size": np.array(
+                [[size, size, channels, out]], float), "pad": pad, "stride": stride, "precious": 0,
+                "dilate": 1.0, "opts": np.empty((0, 0), dtype=object)})
+        else:
+            layers.append({"weights": weights, "pad": pad, "type": "conv", "name": name, "stride": stride})
+        channels = out
+
+    def simple(name, kind, **fields):
+        layers.append({"name": name, "type": kind, **fields} if layout == "new"
+                      else {"type": kind, "name": name, **fields})
+
+    for block, (count, width) in enumerate(zip(blocks, widths), start=1):
+        for i in range(1, count + 1):
+            conv(f"conv{block}_{i}", 3, width, 1)
+            simple(f"relu{block}_{i}", "relu")
+        simple(f"pool{block}", "pool", method="max", pool=np.array([[2.0, 2.0]]),
+               stride=np.array([[2.0, 2.0]]), pad=np.zeros((1, 4)))
+    if classifier:
+        hidden, classes = classifier
+        conv("fc6", 7, hidden, 0)
+        simple("relu6", "relu")
+        conv("fc7", 1, hidden, 0)
+        simple("relu7", "relu")
+        conv("fc8", 1, classes, 0)
+        simple("prob", "softmax")
+    cells = np.empty((1, len(layers)), dtype=object)
+    for i, layer in enumerate(layers):
+        cells[0, i] = layer
+    mean = np.array(IMAGENET_MEAN, dtype=np.float32)
+    if layout == "new":
+        top = {"layers": cells, "meta": {"inputs": {"name": "data", "size": [224.0, 224.0, 3.0, 10.0]},
+                                         "normalization": {"averageImage": mean.reshape(1, 1, 3)}}}
+    else:
+        image = np.broadcast_to(mean, (8, 8, 3)) + rng.uniform(-1, 1, (8, 8, 3)).astype(np.float32)
+        image -= image.mean(axis=(0, 1)) - mean  # the spatial mean is exactly the mean pixel
+        top = {"layers": cells, "normalization": {"averageImage": image.astype(np.float32)}}
+    scipy.io.savemat(str(path), top, do_compression=False)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching the published file
+
+def ensure_default(progress=True):
+    """The default network file, downloaded on first use (as Keras does with its weights)."""
+    if not DEFAULT_PATH.exists():
+        print(f"{DEFAULT_PATH.name} is not in weights/ yet: downloading it once from {URL}",
+              file=sys.stderr)
+        fetch(DEFAULT_PATH, URL, SHA256, progress=progress)
+    return DEFAULT_PATH
+
+
+def fetch(dest, url, sha256, progress=True):
+    """Download a network file (resumable, checksum-verified); see download.py."""
+    import download  # only this path needs it
+    return download.fetch(url, dest, sha256, progress=progress,
+                          manual_hint=f"download {url} by hand (SHA256 {sha256}) and save it as {dest}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="vgg.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    get = commands.add_parser("download", help="fetch the VGG19 .mat file (resumes, verifies SHA256)")
+    get.add_argument("--dest", type=Path, default=DEFAULT_PATH, help=f"where to save it ({DEFAULT_PATH})")
+    get.add_argument("--url", default=URL, help="where to fetch it from")
+    get.add_argument("--sha256", default=SHA256, help="the checksum it must have")
+    info = commands.add_parser("layers", help="list the layers of a .mat file and its mean pixel")
+    info.add_argument("network", type=Path, nargs="?", default=DEFAULT_PATH)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "download":
+            if args.dest.exists():
+                print(f"{args.dest} already exists; delete it to download again.", file=sys.stderr)
+                return 0
+            fetch(args.dest, args.url, args.sha256)
+            print(f"saved {args.dest}")
+        else:
+            network = load(args.network)
+            print(f"{network.path}: mean pixel {np.round(network.mean_pixel, 3).tolist()}")
+            for layer in network.layers:
+                shape = "" if layer.kernel is None else f" {list(layer.kernel.shape)}"
+                print(f"  {layer.name:10s} {layer.type}{shape}")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
