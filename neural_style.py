@@ -2,8 +2,8 @@
 
     python neural_style.py --content photo.jpg --style painting.jpg --output result.png
 
-Presets: writeup (default: the course write-up's TF reproduction) and gatys2016 (the CVPR paper);
-every option below overrides its preset. Layer names are the .mat file's own: relu4_2 is the
+Presets: writeup (default: the course write-up's TF reproduction), gatys2016 (the CVPR paper) and
+fast (everyday use); every option below overrides its preset. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
 """
 import argparse
@@ -21,7 +21,7 @@ PRESETS = {
         "content_layers": "relu5_2",
         "style_layers": "relu1_1:0.5,relu2_1:1.0,relu3_1:1.5,relu4_1:3.0,relu5_1:4.0",
         "content_weight": 5.0, "style_weight": 100.0, "tv_weight": 0.0,
-        "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000,
+        "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000, "scales": "1",
         "init": "blend", "noise_ratio": 0.75, "pooling": "avg", "max_size": 512,
         "precision": "float32",
     },
@@ -29,11 +29,14 @@ PRESETS = {
         "content_layers": "relu4_2",
         "style_layers": "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
         "content_weight": 1.0, "style_weight": 1000.0, "tv_weight": 0.0,  # alpha/beta = 1e-3
-        "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000,
+        "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000, "scales": "1",
         "init": "noise", "noise_ratio": 1.0, "pooling": "avg", "max_size": 512,
         "precision": "float32",
     },
 }
+# The everyday recipe: the write-up's objective, reached as fast as this project can (README, "Speed").
+PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=300,
+                       scales="0.25:150,0.5:100,1", init="content", precision="auto")
 
 
 def parse_args(argv):
@@ -56,7 +59,8 @@ def parse_args(argv):
                     help="luminance-only transfer: keep the content's colours (Gatys et al. 2017)")
     loss = parser.add_argument_group("objective")
     loss.add_argument("--preset", choices=sorted(PRESETS), default="writeup",
-                      help="writeup (default) or gatys2016")
+                      help="writeup (default: the course write-up), gatys2016 (the CVPR paper) or "
+                      "fast (the write-up's objective, reached quickly: everyday use)")
     loss.add_argument("--network", type=Path, help="the MatConvNet VGG .mat file (default: "
                       "weights/imagenet-vgg-verydeep-19.mat, downloaded on first use)")
     loss.add_argument("--content-layers", help="comma-separated layer names, each optionally name:weight")
@@ -75,7 +79,14 @@ def parse_args(argv):
     opt.add_argument("--init-image", type=Path, help="start from this image (implies --init image)")
     opt.add_argument("--noise-ratio", type=float, help="share of noise in the blend init (0..1)")
     opt.add_argument("--seed", type=int, help="random seed, for repeatable runs")
-    opt.add_argument("--precision", choices=("float32",), help="arithmetic of the network")
+    opt.add_argument("--scales", help="coarse to fine: fractions of the output size, each optionally "
+                     "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
+    opt.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"),
+                     help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
+                     "with native bfloat16, float16 on a GPU, else float32")
+    opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
+                     help="recompute activations in the backward pass to save memory (auto: when "
+                     "they would not fit)")
     out = parser.add_argument_group("progress")
     out.add_argument("--print-every", type=int, default=100, help="keep a progress line every N iterations")
     out.add_argument("--checkpoint-every", type=int, default=0,
@@ -102,30 +113,55 @@ def parse_layers(spec, option, style):
     return layers
 
 
-def settings_from(args):
-    """The preset's values, overridden by every option the user gave."""
+def parse_scales(spec):
+    """'0.25:300,0.5,1' -> ((0.25, 300), (0.5, None), (1.0, None)); None means --iterations."""
+    scales = []
+    for item in (part.strip() for part in spec.split(",") if part.strip()):
+        fraction, _, count = item.partition(":")
+        try:
+            scales.append((float(fraction), int(count) if count else None))
+        except ValueError:
+            raise UserError(f"--scales: '{item}' is not fraction[:iterations], e.g. 0.5:200") from None
+    if not scales:
+        raise UserError("--scales is empty; give fractions of the output size ending with 1, e.g. 0.5,1")
+    return tuple(scales)
+
+
+def settings_for_preset(name, **overrides):
+    """A preset's Settings, with `overrides` (option names as in PRESETS) replacing its values."""
     from stylize import Settings
-    preset = dict(PRESETS[args.preset])
-    for key in preset:
-        if getattr(args, key, None) is not None:
-            preset[key] = getattr(args, key)
+    values = dict(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    extra = {key: values[key] for key in ("style_blend_weights", "style_scale", "seed",
+                                         "preserve_colors", "recompute") if key in values}
+    return Settings(
+        content_layers=parse_layers(values["content_layers"], "--content-layers", style=False),
+        style_layers=parse_layers(values["style_layers"], "--style-layers", style=True),
+        content_weight=values["content_weight"], style_weight=values["style_weight"],
+        tv_weight=values["tv_weight"], optimizer=values["optimizer"],
+        learning_rate=values["learning_rate"], iterations=values["iterations"], init=values["init"],
+        noise_ratio=values["noise_ratio"], pooling=values["pooling"], precision=values["precision"],
+        scales=parse_scales(values["scales"]), **extra)
+
+
+def settings_from(args):
+    """The preset's values, overridden by every option the user gave; and the output's long side."""
+    preset = PRESETS[args.preset]
+    given = {key: getattr(args, key, None) for key in preset if key != "max_size"}
+    max_size = preset["max_size"] if args.max_size is None else args.max_size
+    iterations = preset["iterations"] if args.iterations is None else args.iterations
     if args.init_image is not None and args.init is None:
-        preset["init"] = "image"
-    for value, option in ((preset["max_size"], "--max-size"), (preset["iterations"], "--iterations"),
+        given["init"] = "image"
+    for value, option in ((max_size, "--max-size"), (iterations, "--iterations"),
                           (args.print_every, "--print-every")):
         if value < 1:
             raise UserError(f"{option} must be a positive number, not {value}")
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be 0 (off) or positive, not {args.checkpoint_every}")
-    return Settings(
-        content_layers=parse_layers(preset["content_layers"], "--content-layers", style=False),
-        style_layers=parse_layers(preset["style_layers"], "--style-layers", style=True),
-        content_weight=preset["content_weight"], style_weight=preset["style_weight"],
-        tv_weight=preset["tv_weight"], style_blend_weights=args.style_blend_weights,
-        style_scale=args.style_scale, optimizer=preset["optimizer"],
-        learning_rate=preset["learning_rate"], iterations=preset["iterations"], init=preset["init"],
-        noise_ratio=preset["noise_ratio"], seed=args.seed, pooling=preset["pooling"],
-        preserve_colors=args.preserve_colors, precision=preset["precision"]), preset["max_size"]
+    recompute = {"auto": "auto", "on": True, "off": False}[args.recompute]
+    settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
+                                   style_scale=args.style_scale, seed=args.seed,
+                                   preserve_colors=args.preserve_colors, recompute=recompute)
+    return settings, max_size
 
 
 class Monitor:

@@ -15,7 +15,7 @@ import images
 import losses
 from errors import UserError
 from quiet_tf import tf
-from vgg import VGG
+from vgg import VGG, resolve_precision
 
 INITS = ("blend", "noise", "content", "style", "image")
 OPTIMIZERS = ("adam", "lbfgs")
@@ -40,7 +40,9 @@ class Settings:
     seed: int | None = None
     pooling: str = "avg"
     preserve_colors: bool = False
-    precision: str = "float32"
+    precision: str = "float32"  # of the network; losses, Grams and optimiser state stay float32
+    scales: tuple = ((1.0, None),)  # (fraction of the output size, iterations or None: `iterations`)
+    recompute: object = "auto"  # True, False, or "auto": when activations would not fit in memory
 
 
 @dataclass
@@ -128,15 +130,12 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
     """Render `content` (float32 RGB 0..255, already at the output size) in the style of `styles`.
 
     `monitor(progress)` is called for iteration 0 (the initial image) and after every iteration;
-    returning False stops the run. Returns a Result.
+    returning False stops the run. With several `settings.scales` the image is optimised at each
+    fraction of the output size in turn, upsampled between them (coarse to fine). Returns a Result.
     """
     _check_settings(settings, len(styles))
-    height, width = content.shape[:2]
     blend = np.asarray(settings.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
     blend = blend / blend.sum()
-    long_side = max(1, round(settings.style_scale * max(height, width)))
-    styles = [images.fit_long_side(style, long_side) for style in styles]
-
     original_content = content
     if settings.preserve_colors:  # Gatys et al. 2017: transfer on luminance, colours from the content
         styles = [images.match_luminance(style, content) for style in styles]
@@ -145,20 +144,105 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             init_image = images.luminance(init_image)
 
     layers = list(settings.content_layers) + list(settings.style_layers)
-    vgg = VGG(network, layers, pooling=settings.pooling, dtype=settings.precision)
-    _check_size("content image", content, vgg)
-    for i, style in enumerate(styles):
-        _check_size(f"style image {i + 1}" if len(styles) > 1 else "style image", style, vgg)
+    plan = [(_scaled_size(content.shape, fraction), iterations or settings.iterations)
+            for fraction, iterations in settings.scales]
+    # A coarse scale too small for the deepest layer is skipped; the full size is checked below.
+    min_size = max(network.min_size(name) for name in layers)
+    plan = [step for step in plan[:-1] if min(step[0]) >= min_size] + plan[-1:]
+    nets = {}  # one network per precision/memory mode, shared by the scales
+    total = sum(iterations for _, iterations in plan)
+    report = _Reporter(monitor, total, len(plan))
+    image = None
+    for i, ((height, width), iterations) in enumerate(plan):
+        recompute = settings.recompute
+        if recompute == "auto":
+            recompute = _needs_recompute(network, layers, height, width, settings.precision)
+        if recompute not in nets:
+            nets[recompute] = VGG(network, layers, pooling=settings.pooling, dtype=settings.precision,
+                                  recompute=recompute)
+        vgg = nets[recompute]
+        scaled_content = images.resize(content, height, width)
+        long_side = max(1, round(settings.style_scale * max(height, width)))
+        scaled_styles = [images.fit_long_side(style, long_side) for style in styles]
+        _check_size("content image", scaled_content, vgg)
+        for j, style in enumerate(scaled_styles):
+            _check_size(f"style image {j + 1}" if len(styles) > 1 else "style image", style, vgg)
+        objective = Objective(vgg, scaled_content, scaled_styles, blend, settings)
+        if image is None:
+            start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
+        else:
+            start = images.resize(image, height, width)
+        colours = images.resize(original_content, height, width)
+        finish = (lambda x, colours=colours: images.with_colors_of(x, colours)) \
+            if settings.preserve_colors else (lambda x: x)
+        report.next_scale(finish, first=i == 0)
+        # Later scales begin with an evaluation of the upsampled image: it counts as an iteration.
+        steps = iterations if i == 0 else iterations - 1
+        optimise = _adam if settings.optimizer == "adam" else _lbfgs
+        image, done, status = optimise(objective, np.clip(start, 0.0, 255.0), steps, settings, report)
+        if status != "done":
+            break
+    return Result(report.finish(image), report.iteration_of(done), status)
 
-    objective = Objective(vgg, content, styles, blend, settings)
-    start = np.clip(initial_image(settings, content, styles[0], network.mean_pixel, init_image), 0, 255)
 
-    def finish(image):
-        return images.with_colors_of(image, original_content) if settings.preserve_colors else image
+class _Reporter:
+    """Numbers the iterations of all scales in one sequence and hands them to the monitor."""
 
-    run = _adam if settings.optimizer == "adam" else _lbfgs
-    image, iteration, status = run(objective, start, settings, monitor, finish)
-    return Result(finish(image), iteration, status)
+    def __init__(self, monitor, total, scale_count):
+        self.monitor, self.total, self.scale_count = monitor, total, scale_count
+        self.offset, self.next_offset, self.start, self.finish = 0, 0, None, None
+
+    def next_scale(self, finish, first):
+        self.offset = self.next_offset + (0 if first else 1)
+        self.finish = finish
+
+    def iteration_of(self, local_iteration):
+        return self.offset + local_iteration
+
+    def __call__(self, local_iteration, terms, total, image):
+        """`image()` gives the current image; returns False when the run should stop."""
+        if self.start is None:
+            self.start = time.perf_counter()
+        self.next_offset = self.offset + local_iteration
+        progress = Progress(self.offset + local_iteration, self.total, time.perf_counter() - self.start,
+                            *map(float, terms), float(total), lambda: self.finish(image()))
+        return self.monitor(progress)
+
+
+def _scaled_size(shape, fraction):
+    return max(1, round(shape[0] * fraction)), max(1, round(shape[1] * fraction))
+
+
+def _needs_recompute(network, layers, height, width, precision):
+    """Recompute activations when storing them for the backward pass would take more than a third
+    of the memory available now."""
+    stored = activation_bytes(network, layers, height, width, precision)
+    return stored > _available_memory() / 3
+
+
+def activation_bytes(network, layers, height, width, precision):
+    """Bytes of the activations a forward pass keeps for the backward pass (conv and ReLU outputs)."""
+    itemsize = 2 if resolve_precision(precision) in ("bfloat16", "float16") else 4
+    deepest = max(network.index(name) for name in layers)
+    total, channels = 0, 3
+    for layer in network.layers[:deepest + 1]:
+        if layer.type == "pool":
+            height, width = -(-height // layer.stride[0]), -(-width // layer.stride[1])
+        elif layer.type == "conv":
+            channels = layer.kernel.shape[3]
+        total += height * width * channels * itemsize
+    return total
+
+
+def _available_memory():
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30  # not Linux: assume a laptop
 
 
 def initial_image(settings, content, style, mean_pixel, init_image=None):
@@ -180,7 +264,8 @@ def initial_image(settings, content, style, mean_pixel, init_image=None):
     return (mean + ratio * noise + (1.0 - ratio) * (content - mean)).astype(np.float32)
 
 
-def _adam(objective, start, settings, monitor, finish):
+def _adam(objective, start, iterations, settings, report):
+    """`iterations` Adam steps from `start`; returns (image, last iteration, status)."""
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
@@ -202,34 +287,31 @@ def _adam(objective, start, settings, monitor, finish):
         image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()
 
-    current = lambda: finish(image.numpy()[0])
-    clock = time.perf_counter()
+    current = lambda: image.numpy()[0]
     iteration = 0
     try:
         terms, total = evaluate()
-        clock = time.perf_counter()  # the first call traces and compiles: not optimisation time
         while True:
             terms, total = terms.numpy(), float(total)
             if not np.isfinite(total):
                 return (previous.numpy()[0] if iteration else start), max(iteration - 1, 0), "diverged"
-            progress = Progress(iteration, settings.iterations, time.perf_counter() - clock,
-                                *map(float, terms), total, current)
-            if not monitor(progress):
-                return image.numpy()[0], iteration, "interrupted"
-            if iteration == settings.iterations:
-                return image.numpy()[0], iteration, "done"
+            if not report(iteration, terms, total, current):
+                return current(), iteration, "interrupted"
+            if iteration == iterations:
+                return current(), iteration, "done"
             terms, total = step()
             iteration += 1
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep what we have
-        return image.numpy()[0], iteration, "interrupted"
+        return current(), iteration, "interrupted"
 
 
 class _Stop(Exception):
     """Raised inside the L-BFGS objective to end scipy's loop."""
 
 
-def _lbfgs(objective, start, settings, monitor, finish):
-    """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation."""
+def _lbfgs(objective, start, iterations, settings, report):
+    """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation.
+    Returns the image with the lowest loss seen, its iteration and the status."""
     shape = (1,) + start.shape
 
     @tf.function
@@ -241,14 +323,12 @@ def _lbfgs(objective, start, settings, monitor, finish):
         return terms, total, tape.gradient(total, x)
 
     state = {"iteration": -1, "best": start.astype(np.float64).ravel(), "best_loss": np.inf,
-             "best_iteration": 0, "status": "done", "clock": None}
+             "best_iteration": 0, "status": "done"}
 
     def fun(x):
-        if state["iteration"] >= settings.iterations:
+        if state["iteration"] >= iterations:
             raise _Stop
         terms, total, gradient = loss_and_gradient(tf.constant(x.reshape(shape), tf.float32))
-        if state["clock"] is None:
-            state["clock"] = time.perf_counter()  # after the first call's tracing
         state["iteration"] += 1
         total = float(total)
         if not np.isfinite(total):
@@ -256,19 +336,23 @@ def _lbfgs(objective, start, settings, monitor, finish):
             raise _Stop
         if total < state["best_loss"]:
             state.update(best=x.copy(), best_loss=total, best_iteration=state["iteration"])
-        progress = Progress(state["iteration"], settings.iterations,
-                            time.perf_counter() - state["clock"], *map(float, terms.numpy()), total,
-                            lambda: finish(x.reshape(start.shape).astype(np.float32)))
-        if not monitor(progress):
+        if not report(state["iteration"], terms.numpy(), total,
+                      lambda: x.reshape(start.shape).astype(np.float32)):
             state["status"] = "interrupted"
             raise _Stop
         return total, gradient.numpy().astype(np.float64).ravel()
 
     try:
-        scipy.optimize.minimize(fun, start.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
-                                bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
-                                options={"maxiter": settings.iterations, "maxfun": settings.iterations + 1,
-                                         "ftol": 0.0, "gtol": 0.0})
+        # scipy ends early when a line search fails (rounding noise in a reduced-precision loss can
+        # do that): start again from the best image with a fresh history while iterations remain.
+        while state["iteration"] < iterations:
+            before = state["iteration"]
+            scipy.optimize.minimize(fun, state["best"], jac=True, method="L-BFGS-B",
+                                    bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
+                                    options={"maxiter": iterations, "maxfun": iterations + 1,
+                                             "ftol": 0.0, "gtol": 0.0})
+            if state["iteration"] - before <= 2:
+                break
     except _Stop:
         pass
     except KeyboardInterrupt:
@@ -286,6 +370,13 @@ def _check_settings(settings, style_count):
         raise UserError("give at least one style image")
     if settings.iterations < 1:
         raise UserError(f"iterations must be a positive number, not {settings.iterations}")
+    fractions = [fraction for fraction, _ in settings.scales]
+    if not fractions or fractions[-1] != 1.0 or any(not 0 < f <= 1 for f in fractions) \
+            or fractions != sorted(fractions):
+        raise UserError(f"scales must rise to 1 (the output size), e.g. 0.25,0.5,1; got "
+                        f"{','.join(f'{f:g}' for f in fractions)}")
+    if any(count is not None and count < 1 for _, count in settings.scales):
+        raise UserError("each scale needs a positive number of iterations")
     if settings.style_scale <= 0:
         raise UserError(f"style scale must be positive, not {settings.style_scale}")
     if not 0.0 <= settings.noise_ratio <= 1.0:

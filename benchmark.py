@@ -1,0 +1,272 @@
+"""Speed and memory of the style transfer on this machine, as one table (also written as JSON).
+
+    python benchmark.py                        # everything, on a random full-size VGG19 (~1 h on 2 cores)
+    python benchmark.py --network weights/imagenet-vgg-verydeep-19.mat --only steps,quality
+    python benchmark.py --quick                # tiny sizes and a tiny network: proves it runs
+
+Speed does not depend on the weights' values, so without --network the benchmark writes a VGG19
+.mat with random weights of the real shapes (548 MB, kept in weights/ for the next run). Sections:
+  steps    seconds per Adam step and per L-BFGS evaluation (median after a warm-up), per size and
+           precision, timed through the same loop neural_style.py runs;
+  memory   peak resident memory of a whole run (a fresh process) at 512, 1024 and 2048 px;
+  quality  time to quality: the write-up recipe (Adam, lr 2.0, float32, one scale) for 1000
+           iterations gives an objective value; the fast preset's time to reach it (re-evaluated
+           in float32 at full size), and the ratio of the two times;
+  startup  seconds from the command to the first iteration of neural_style.py with a .mat of
+           the real size.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import images
+import vgg
+from neural_style import PRESETS, settings_for_preset
+from quiet_tf import tf
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLE_CONTENT = ROOT / "examples" / "chelsea.jpg"
+EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
+RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"
+SECTIONS = ("steps", "memory", "quality", "startup")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", type=Path, help="a .mat file (default: random VGG19 weights)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}")
+    parser.add_argument("--sizes", default="256,512", help="long sides for the step timings")
+    parser.add_argument("--memory-sizes", default="512,1024,2048")
+    parser.add_argument("--precisions", help="default: float32 and the reduced ones this device runs")
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations per measurement")
+    parser.add_argument("--reference-iterations", type=int, default=1000)
+    parser.add_argument("--content", type=Path, default=EXAMPLE_CONTENT)
+    parser.add_argument("--style", type=Path, default=EXAMPLE_STYLE)
+    parser.add_argument("--quality-size", type=int, default=512)
+    parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
+    parser.add_argument("--quick", action="store_true", help="tiny network and sizes (for the tests)")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one run in a fresh process
+    args = parser.parse_args(argv)
+    if args.probe:
+        return probe(args)
+    if args.quick:
+        args.sizes, args.memory_sizes, args.repeats = "32,48", "48", 2
+        args.reference_iterations, args.quality_size = 6, 64
+    network_path = args.network or ensure_random_network(args.quick)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    results = {"machine": machine(), "network": str(network_path)}
+    network = vgg.load(network_path)
+    content, style = images.load_image(args.content), images.load_image(args.style)
+    precisions = (args.precisions.split(",") if args.precisions else default_precisions())
+    if "steps" in sections:
+        results["steps"] = step_times(network, content, style, _ints(args.sizes), precisions, args.repeats)
+    if "memory" in sections:
+        results["memory"] = memory(network_path, args, _ints(args.memory_sizes))
+    if "quality" in sections:
+        results["quality"] = time_to_quality(network, content, style, args.quality_size,
+                                             args.reference_iterations)
+    if "startup" in sections:
+        results["startup"] = startup(network_path, args)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\n(written to {args.json})")
+    return 0
+
+
+def _ints(text):
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def machine():
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+            "tensorflow": tf.__version__, "auto_precision": vgg.resolve_precision("auto")}
+
+
+def default_precisions():
+    if tf.config.list_physical_devices("GPU"):
+        return ["float32", "float16", "bfloat16"]
+    return ["float32", "bfloat16"]
+
+
+def ensure_random_network(quick):
+    if quick:
+        path = Path(tempfile.mkdtemp()) / "tiny-vgg19.mat"
+        return vgg.write_random(path, widths=(4, 4, 8, 8, 8), classifier=(16, 10))
+    if not RANDOM_VGG19.exists():
+        print(f"writing {RANDOM_VGG19} (random weights, real VGG19 shapes) ...", file=sys.stderr)
+        RANDOM_VGG19.parent.mkdir(exist_ok=True)
+        partial = RANDOM_VGG19.with_suffix(".partial.mat")
+        vgg.write_random(partial)
+        os.replace(partial, RANDOM_VGG19)
+    return RANDOM_VGG19
+
+
+def fit(image, long_side):
+    return images.fit_long_side(image, long_side)
+
+
+def timed_run(network, content, style, settings):
+    """Run stylize() and return the seconds of every iteration as the loop saw them."""
+    from stylize import stylize
+    seconds = []
+    stylize(network, content, [style], settings, lambda p: seconds.append(p.seconds) or True)
+    return np.diff(seconds)
+
+
+# ---- steps ----------------------------------------------------------------------------------
+
+def step_times(network, content, style, sizes, precisions, repeats):
+    rows = []
+    base = settings_for_preset("writeup")
+    for size in sizes:
+        c = fit(content, size)
+        for precision in precisions:
+            for optimizer in ("adam", "lbfgs"):
+                s = dataclasses.replace(base, optimizer=optimizer, precision=precision, recompute=False,
+                                        iterations=repeats + 2)
+                per_iteration = timed_run(network, c, style, s)[2:]  # the first two trace and warm up
+                rows.append({"size": f"{c.shape[1]}x{c.shape[0]}", "precision": precision,
+                             "optimizer": optimizer, "seconds": float(np.median(per_iteration))})
+                print(f"  step {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+# ---- memory: each run in a fresh process, so that its peak is its own -----------------------
+
+def memory(network_path, args, sizes):
+    rows = []
+    for size in sizes:
+        for preset in ("writeup", "fast"):
+            command = [sys.executable, str(Path(__file__)), "--probe", f"{preset}:{size}",
+                       "--network", str(network_path), "--content", str(args.content),
+                       "--style", str(args.style)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                rows.append({"size": size, "preset": preset, "error": done.stderr.strip()[-300:]})
+            else:
+                rows.append({"size": size, "preset": preset, **json.loads(done.stdout.splitlines()[-1])})
+            print(f"  memory {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def probe(args):
+    """Two iterations of a preset at one size; prints the process's peak resident memory."""
+    from stylize import stylize
+    preset, size = args.probe.split(":")
+    settings = dataclasses.replace(settings_for_preset(preset), iterations=2, scales=((1.0, None),))
+    content = images.fit_long_side(images.load_image(args.content), int(size))
+    style = images.load_image(args.style)
+    start = time.perf_counter()
+    stylize(vgg.load(args.network), content, [style], settings)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_gb": round(peak_kb / 2 ** 20, 3), "seconds": round(time.perf_counter() - start, 1),
+                      "image": f"{content.shape[1]}x{content.shape[0]}"}))
+    return 0
+
+
+# ---- time to quality ------------------------------------------------------------------------
+
+def time_to_quality(network, content, style, size, reference_iterations):
+    """Wall time of the write-up recipe for `reference_iterations`, against the fast preset's time
+    to reach the same float32 objective at the same size."""
+    from stylize import Objective, stylize
+    from vgg import VGG
+    content = fit(content, size)
+    reference = dataclasses.replace(settings_for_preset("writeup"), iterations=reference_iterations, seed=0)
+    trace = []
+    result = stylize(network, content, [style], reference,
+                     lambda p: trace.append((p.seconds, p.total_loss)) or True)
+    target_seconds, target_loss = trace[-1]
+    # Evaluate any image in float32 at full size with the write-up's objective.
+    layers = list(reference.content_layers) + list(reference.style_layers)
+    full = Objective(VGG(network, layers, pooling=reference.pooling), content,
+                     [fit(style, max(content.shape[:2]))], [1.0], reference)
+    evaluate = lambda image: float(full.total(full.terms(image[np.newaxis])))
+    target_loss = evaluate(result.image)
+
+    fast = dataclasses.replace(settings_for_preset("fast"), seed=0, content_layers=reference.content_layers,
+                               style_layers=reference.style_layers, content_weight=reference.content_weight,
+                               style_weight=reference.style_weight, tv_weight=reference.tv_weight)
+    fast_iterations = sum(n or fast.iterations for _, n in fast.scales)
+    candidates = []  # (seconds, image) at full size whose own loss is near the target
+
+    def watch(p):
+        if p.total_loss <= 1.05 * target_loss:
+            image = p.image()
+            if image.shape == content.shape:
+                candidates.append((p.seconds, image.copy()))
+        return not candidates or p.total_loss > 0.97 * target_loss
+    stylize(network, content, [style], fast, watch)
+    reached = next((seconds for seconds, image in candidates if evaluate(image) <= target_loss), None)
+    return {"size": f"{content.shape[1]}x{content.shape[0]}", "target_loss": target_loss,
+            "reference_seconds": target_seconds, "reference_iterations": reference_iterations,
+            "fast_seconds": reached, "fast_recipe": describe(fast), "fast_iterations_max": fast_iterations,
+            "speedup": (target_seconds / reached) if reached else None}
+
+
+def describe(settings):
+    scales = ",".join(f"{f:g}:{n or settings.iterations}" for f, n in settings.scales)
+    return f"{settings.optimizer}, precision {settings.precision}, scales {scales}"
+
+
+# ---- start-up -------------------------------------------------------------------------------
+
+def startup(network_path, args):
+    """Seconds from launching neural_style.py to its first progress record (iteration 0)."""
+    with tempfile.TemporaryDirectory() as folder:
+        log, out = Path(folder) / "progress.jsonl", Path(folder) / "out.png"
+        command = [sys.executable, str(ROOT / "neural_style.py"), "--content", str(args.content),
+                   "--style", str(args.style), "--output", str(out), "--network", str(network_path),
+                   "--iterations", "1000", "--progress-file", str(log)]
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while not (log.exists() and log.read_text().strip()) and process.poll() is None:
+                time.sleep(0.05)
+            seconds = time.perf_counter() - start
+        finally:
+            process.kill()
+            process.wait()
+    size_mb = network_path.stat().st_size / 2 ** 20
+    return {"seconds": round(seconds, 2), "network_mb": round(size_mb)}
+
+
+def table(results):
+    lines = [f"machine: {results['machine']}", f"network: {results['network']}"]
+    if "steps" in results:
+        lines += ["", "| size | precision | Adam step (s) | L-BFGS evaluation (s) |", "|---|---|---|---|"]
+        keyed = {(r["size"], r["precision"], r["optimizer"]): r["seconds"] for r in results["steps"]}
+        for size, precision in dict.fromkeys((r["size"], r["precision"]) for r in results["steps"]):
+            lines.append(f"| {size} | {precision} | {keyed[(size, precision, 'adam')]:.3f} | "
+                         f"{keyed[(size, precision, 'lbfgs')]:.3f} |")
+    if "memory" in results:
+        lines += ["", "| long side | preset | image | peak RSS (GB) | seconds |", "|---|---|---|---|---|"]
+        for r in results["memory"]:
+            lines.append(f"| {r['size']} | {r['preset']} | {r.get('image', '-')} | "
+                         f"{r.get('peak_rss_gb', r.get('error', '?'))} | {r.get('seconds', '-')} |")
+    if "quality" in results:
+        q = results["quality"]
+        fast = f"{q['fast_seconds']:.1f}" if q["fast_seconds"] else "not reached"
+        speedup = f"{q['speedup']:.1f}x" if q["speedup"] else "-"
+        lines += ["", f"time to quality at {q['size']}: write-up recipe {q['reference_iterations']} "
+                      f"iterations {q['reference_seconds']:.1f} s (objective {q['target_loss']:.4g}); "
+                      f"fast preset ({q['fast_recipe']}) {fast} s; ratio {speedup}"]
+    if "startup" in results:
+        s = results["startup"]
+        lines += ["", f"start-up to the first iteration with a {s['network_mb']} MB .mat: {s['seconds']} s"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

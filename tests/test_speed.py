@@ -1,0 +1,147 @@
+"""The speed and memory levers: reduced precision, recomputation, coarse-to-fine, the benchmark."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import benchmark
+import stylize
+import vgg
+from conftest import smooth_image, stripes_image
+from errors import UserError
+from neural_style import settings_for_preset
+from quiet_tf import tf
+
+IMAGE = smooth_image(32, 40)[np.newaxis]
+
+
+def test_bfloat16_network_matches_float32_and_returns_float32(tiny_network):
+    outputs = ["relu1_1", "relu3_1", "relu5_1"]
+    full = vgg.VGG(tiny_network, outputs)(IMAGE)
+    half = vgg.VGG(tiny_network, outputs, dtype="bfloat16")(IMAGE)
+    for name in outputs:
+        assert half[name].dtype == tf.float32
+        scale = float(tf.reduce_max(tf.abs(full[name])))
+        assert float(tf.reduce_max(tf.abs(half[name] - full[name]))) < 0.05 * scale
+
+
+def test_recompute_gives_the_same_gradient(tiny_network):
+    outputs = ["relu1_1", "relu2_1", "relu4_2", "relu5_1"]
+    x = tf.Variable(IMAGE)
+
+    def gradient(recompute):
+        net = vgg.VGG(tiny_network, outputs, recompute=recompute)
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_sum(tf.square(f)) for f in net(x).values()])
+        return tape.gradient(loss, x).numpy()
+    stored, recomputed = gradient(False), gradient(True)
+    assert np.abs(stored).max() > 0
+    np.testing.assert_allclose(recomputed, stored, rtol=1e-4, atol=1e-4 * np.abs(stored).max())
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(vgg.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(vgg, "_cpu_has_bf16", lambda: False)
+    assert vgg.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(vgg, "_cpu_has_bf16", lambda: True)
+    assert vgg.resolve_precision("auto") == "bfloat16"
+    monkeypatch.setattr(vgg.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert vgg.resolve_precision("auto") == "float16"
+    assert vgg.resolve_precision("float32") == "float32"
+    with pytest.raises(UserError, match="precision must be one of"):
+        vgg.resolve_precision("int8")
+
+
+def small_settings(**changes):
+    base = dict(content_layers={"relu4_2": 1.0}, style_layers={"relu1_1": 0.5, "relu3_1": 0.5},
+                content_weight=1.0, style_weight=1e3, iterations=3, seed=0, optimizer="lbfgs")
+    return dataclasses.replace(stylize.Settings(**base), **changes)
+
+
+def test_coarse_to_fine_numbers_iterations_across_scales(tiny_network):
+    seen = []
+
+    def monitor(p):
+        seen.append((p.iteration, p.total_iterations, p.image().shape[:2]))
+        return True
+    content = smooth_image(64, 80)
+    result = stylize.stylize(tiny_network, content, [stripes_image(40, 40)],
+                             small_settings(scales=((0.5, 4), (1.0, 3))), monitor)
+    assert [i for i, _, _ in seen] == list(range(8))  # 0..4 at half size, 5..7 at full size
+    assert {t for _, t, _ in seen} == {7}
+    assert [shape for i, _, shape in seen if i <= 4] == [(32, 40)] * 5
+    assert [shape for i, _, shape in seen if i > 4] == [(64, 80)] * 3
+    assert result.image.shape == content.shape and result.status == "done"
+
+
+def test_coarse_scale_continues_from_the_upsampled_image(tiny_network):
+    """The first full-size iteration starts from the half-size result, not from a new init."""
+    seen = []
+    content = smooth_image(64, 80)
+    stylize.stylize(tiny_network, content, [stripes_image(40, 40)],
+                    small_settings(scales=((0.5, 6), (1.0, 1)), init="noise"),
+                    lambda p: seen.append(p) or True)
+    white_noise_loss = seen[0].total_loss  # iteration 0 at half size, from noise
+    assert seen[-1].total_loss < 0.8 * white_noise_loss
+
+
+def test_a_coarse_scale_too_small_for_the_network_is_skipped(tiny_network):
+    seen = []
+    stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(40, 40)],
+                    small_settings(content_layers={"relu5_1": 1.0}, scales=((0.25, 5), (1.0, 2))),
+                    lambda p: seen.append(p.image().shape[:2]) or True)
+    assert seen == [(32, 40)] * 3
+
+
+@pytest.mark.parametrize("scales", [((0.5, None),), ((1.0, None), (0.5, None)), ((0.0, 3), (1.0, 3))])
+def test_scales_must_rise_to_the_output_size(tiny_network, scales):
+    with pytest.raises(UserError, match="scales must rise to 1"):
+        stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(40, 40)],
+                        small_settings(scales=scales))
+
+
+def test_auto_recompute_when_activations_would_not_fit(tiny_network, monkeypatch):
+    built = []
+    original = stylize.VGG
+
+    def recording_vgg(*args, **kwargs):
+        built.append(kwargs["recompute"])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(stylize, "VGG", recording_vgg)
+    run = lambda: stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(40, 40)],
+                                  small_settings(iterations=2, recompute="auto"))
+    plenty = run().image
+    monkeypatch.setattr(stylize, "_available_memory", lambda: 1000)
+    scarce = run().image
+    assert built == [False, True]
+    np.testing.assert_allclose(scarce, plenty, atol=0.5)
+
+
+def test_activation_bytes_counts_every_stored_map(tiny_network):
+    one = stylize.activation_bytes(tiny_network, ["relu1_1"], 10, 10, "float32")
+    assert one == 2 * 10 * 10 * 4 * 4  # conv1_1 and relu1_1, 4 channels, 4 bytes
+    assert stylize.activation_bytes(tiny_network, ["relu1_1"], 10, 10, "bfloat16") == one // 2
+
+
+def test_fast_preset_is_the_writeup_objective_with_faster_machinery():
+    fast, writeup = settings_for_preset("fast"), settings_for_preset("writeup")
+    assert (fast.content_layers, fast.style_layers) == (writeup.content_layers, writeup.style_layers)
+    assert (fast.content_weight, fast.style_weight) == (writeup.content_weight, writeup.style_weight)
+    assert fast.precision == "auto" and writeup.precision == "float32"
+    assert settings_for_preset("gatys2016").precision == "float32"
+    assert fast.scales[-1][0] == 1.0 and len(fast.scales) > 1
+
+
+def test_benchmark_quick_runs_every_section(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,memory,quality,startup"]) == 0
+    results = json.loads(out.read_text())
+    steps = results["steps"]
+    assert {(r["precision"], r["optimizer"]) for r in steps} >= {("float32", "adam"), ("float32", "lbfgs")}
+    assert all(r["seconds"] > 0 for r in steps)
+    assert all(r["peak_rss_gb"] > 0 for r in results["memory"])
+    quality = results["quality"]
+    assert quality["reference_seconds"] > 0 and quality["target_loss"] > 0
+    assert results["startup"]["seconds"] > 0
+    assert "Adam step" in capsys.readouterr().out
