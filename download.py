@@ -32,7 +32,7 @@ def fetch(url, dest, sha256, progress=True, manual_hint=""):
         _download(url, part, progress)
     except (OSError, http.client.HTTPException) as error:  # URLError and HTTPError are OSErrors
         raise UserError(_failure(url, error, part, manual_hint)) from None
-    actual = _sha256(part)
+    actual = file_sha256(part)
     if actual != sha256.lower():
         part.unlink()
         raise UserError(f"The file downloaded from {url} has SHA-256 {actual}, not the expected "
@@ -75,8 +75,8 @@ def _download(url, part, progress):
                               f"{total / MB:.1f} MB")
 
 
-def _sha256(path):
-    """Hash the whole file from its start, so a resumed download is checked as one piece."""
+def file_sha256(path):
+    """SHA-256 of a whole file, read in chunks (a resumed download is checked as one piece)."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(CHUNK):

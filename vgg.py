@@ -7,13 +7,18 @@ file works as well; it stops at the deepest layer a run needs.
     python vgg.py download      fetch the VGG19 file into weights/ (resumable, checksum-verified)
 """
 import argparse
+import hashlib
+import json
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
+import download
 from errors import UserError
 from quiet_tf import tf
 
@@ -42,36 +47,37 @@ class Layer:
 
 @dataclass(frozen=True)
 class Network:
-    """The layers and the mean pixel of a `.mat` file."""
+    """The layers and the mean pixel of a `.mat` file.
+
+    `layers` lists every layer of the file; the feature extractor is the first `feature_count` of
+    them (up to the last pooling layer: conv1_1 … pool5). The classifier after it carries no weights
+    here, since style transfer never runs it.
+    """
     path: str
     layers: tuple
     mean_pixel: np.ndarray  # RGB, subtracted from images in 0..255
+    feature_count: int
+    sha256: str = ""  # of the .mat file, as recorded when its cache was made
 
     @property
     def layer_names(self):
         return [layer.name for layer in self.layers]
 
-    def index(self, name):
-        """Position of a layer; a clear error that lists the usable names when it is absent."""
-        for i, layer in enumerate(self.layers):
-            if layer.name == name:
-                if layer.type not in SUPPORTED_TYPES or i >= self._graph_end:
-                    raise UserError(f"layer {name} of {self.path} is of type '{layer.type}', which style "
-                                    f"transfer cannot use; use one of: {', '.join(self.usable_names)}")
-                return i
-        raise UserError(f"layer '{name}' is not in {self.path}; its layers are: "
-                        f"{', '.join(self.usable_names)}")
-
-    @property
-    def _graph_end(self):
-        for i, layer in enumerate(self.layers):
-            if layer.type not in SUPPORTED_TYPES:
-                return i
-        return len(self.layers)
-
     @property
     def usable_names(self):
-        return self.layer_names[:self._graph_end]
+        return self.layer_names[:self.feature_count]
+
+    def index(self, name):
+        """Position of a layer; a clear error that lists the usable names when it is absent."""
+        if name not in self.layer_names:
+            raise UserError(f"layer '{name}' is not in {self.path}; its layers are: "
+                            f"{', '.join(self.usable_names)}")
+        i = self.layer_names.index(name)
+        if i >= self.feature_count:
+            raise UserError(f"layer {name} of {self.path} belongs to the classifier after "
+                            f"{self.layers[self.feature_count - 1].name} (type '{self.layers[i].type}'), "
+                            f"which style transfer does not use; use one of: {', '.join(self.usable_names)}")
+        return i
 
     def min_size(self, name):
         """Smallest image side for which layer `name` still sees at least one whole pixel."""
@@ -170,11 +176,28 @@ def _check_header(path):
 
 
 def load(path):
-    """Read a MatConvNet simplenn VGG file into a Network, or fail with one clear UserError."""
+    """Read a MatConvNet SimpleNN VGG file into a Network, or fail with one clear UserError.
+
+    The feature layers' weights are cached beside the file (see `_cache_folder`), so later runs
+    read 80 MB instead of parsing 510 MB, which saves start-up time and peak memory.
+    """
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise UserError(f"network file {path} {what}: {HOW_TO_GET}")
+    stat = path.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "format": CACHE_FORMAT}
+    cached = _read_cache(path, key)
+    if cached is not None:
+        return cached
+    network = _parse(path)
+    network = Network(network.path, network.layers, network.mean_pixel, network.feature_count,
+                      download.file_sha256(path))
+    _write_cache(network, key)
+    return network
+
+
+def _parse(path):
     try:
         _check_header(path)
         data = scipy.io.loadmat(str(path))
@@ -192,7 +215,7 @@ def load(path):
         if cells.dtype != object:
             raise ValueError("its 'layers' is a struct array (a DagNN model?), not a cell array of "
                              "SimpleNN layers")
-        layers = tuple(_parse_layer(_struct(cell)) for cell in cells)
+        layers = [_parse_layer(_struct(cell)) for cell in cells]
         mean = _mean_pixel(data)
     except (ValueError, KeyError, IndexError, TypeError) as error:
         raise UserError(f"{path} is not a MatConvNet VGG network: {error}. Expected "
@@ -201,7 +224,82 @@ def load(path):
     if not convs or convs[0].kernel.shape[2] != 3:
         raise UserError(f"{path} is not a MatConvNet VGG network: its first layer does not take an RGB "
                         f"image. Expected imagenet-vgg-verydeep-19.mat: {HOW_TO_GET}")
-    return Network(str(path), layers, mean)
+    count = _feature_count(layers)
+    layers[count:] = [Layer(layer.name, layer.type) for layer in layers[count:]]  # drop fc weights
+    return Network(str(path), tuple(layers), mean, count)
+
+
+def _feature_count(layers):
+    """The layers before the first one the graph cannot run, cut after the last pooling layer."""
+    end = next((i for i, layer in enumerate(layers) if layer.type not in SUPPORTED_TYPES), len(layers))
+    pools = [i for i, layer in enumerate(layers[:end]) if layer.type == "pool"]
+    return pools[-1] + 1 if pools else end
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache of the feature layers
+
+CACHE_FORMAT = 1
+
+
+def _cache_folder(path):
+    """`NAME.mat.cache/` beside the file, or a folder under ~/.cache where that is read-only."""
+    beside = path.with_name(path.name + ".cache")
+    try:
+        beside.mkdir(exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "neural-style" / digest
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return home
+
+
+def _read_cache(path, key):
+    folder = _cache_folder(path)
+    if folder is None or not (folder / "features.npz").exists():
+        return None
+    try:
+        with np.load(folder / "features.npz", allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta["key"] != key:
+                return None
+            layers = tuple(Layer(kernel=data.get(f"kernel_{i}"), bias=data.get(f"bias_{i}"),
+                                 **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+                           for i, fields in enumerate(meta["layers"]))
+            return Network(str(path), layers, data["mean"], meta["feature_count"], meta["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable cache: parse the .mat again
+        return None
+
+
+def _write_cache(network, key):
+    """Best effort: a run goes on without a cache where none can be written."""
+    folder = _cache_folder(Path(network.path))
+    if folder is None:
+        return
+    arrays = {"mean": network.mean_pixel}
+    fields = []
+    for i, layer in enumerate(network.layers):
+        fields.append({"name": layer.name, "type": layer.type, "pad": list(layer.pad),
+                       "stride": list(layer.stride), "pool_size": list(layer.pool_size)})
+        if layer.kernel is not None:
+            arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = layer.kernel, layer.bias
+    meta = {"key": key, "layers": fields, "feature_count": network.feature_count, "sha256": network.sha256}
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".npz")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(temporary, folder / "features.npz")
+    except OSError:
+        os.unlink(temporary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +490,6 @@ def ensure_default(progress=True):
 
 def fetch(dest, url, sha256, progress=True):
     """Download a network file (resumable, checksum-verified); see download.py."""
-    import download  # only this path needs it
     return download.fetch(url, dest, sha256, progress=progress,
                           manual_hint=f"download {url} by hand (SHA256 {sha256}) and save it as {dest}")
 

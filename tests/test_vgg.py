@@ -1,4 +1,4 @@
-"""The .mat loader (both layouts, bad files) and the graph built from it."""
+"""The .mat loader (both layouts, bad files, its cache) and the graph built from it."""
 import numpy as np
 import pytest
 import scipy.io
@@ -104,23 +104,51 @@ def test_missing_layer_lists_the_available_ones(tiny_network):
     assert "relu6_1" in message and "relu5_4" in message and "conv1_1" in message
 
 
-def test_unusable_layer_type_is_refused(tiny_network):
-    with pytest.raises(UserError, match="softmax"):
-        vgg.VGG(tiny_network, ["prob"])
+@pytest.mark.parametrize("name", ["fc6", "relu7", "prob"])
+def test_classifier_layers_are_refused(tiny_network, name):
+    with pytest.raises(UserError, match="belongs to the classifier after pool5") as error:
+        vgg.VGG(tiny_network, [name])
+    assert "relu5_4" in str(error.value)
 
 
-def test_min_size_counts_the_pools_before_a_layer(tiny_network):
-    assert tiny_network.min_size("relu1_1") == 1
-    assert tiny_network.min_size("relu2_1") == 2
-    assert tiny_network.min_size("relu5_1") == 16
-    assert tiny_network.min_size("fc6") == 7 * 32  # a 7x7 valid convolution after pool5
+def test_classifier_weights_are_not_kept(tiny_network):
+    assert tiny_network.feature_count == tiny_network.layer_names.index("pool5") + 1
+    assert all(layer.kernel is None for layer in tiny_network.layers[tiny_network.feature_count:])
 
 
-def test_vgg16_layer_list_works(tmp_path):
-    network = vgg.load(write_tiny(tmp_path / "vgg16.mat", blocks=vgg.VGG16_BLOCKS))
-    assert "conv3_4" not in network.layer_names
-    features = vgg.VGG(network, ["relu4_2", "relu5_1"])(np.zeros((1, 32, 32, 3), np.float32))
-    assert features["relu5_1"].shape == (1, 2, 2, TINY_WIDTHS[4])
+def test_second_load_reads_the_cache_not_the_mat(tmp_path, monkeypatch):
+    path = write_tiny(tmp_path / "net.mat")
+    first = vgg.load(path)
+    assert (tmp_path / "net.mat.cache" / "features.npz").exists()
+    import hashlib
+    assert first.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the .mat was parsed again")
+    monkeypatch.setattr(vgg.scipy.io, "loadmat", no_parsing)
+    second = vgg.load(path)
+    assert second.layer_names == first.layer_names and second.sha256 == first.sha256
+    for a, b in zip(first.layers, second.layers):
+        assert (a.type, a.pad, a.stride, a.pool_size) == (b.type, b.pad, b.stride, b.pool_size)
+        if a.kernel is not None:
+            np.testing.assert_array_equal(a.kernel, b.kernel)
+    np.testing.assert_array_equal(first.mean_pixel, second.mean_pixel)
+
+
+def test_a_changed_mat_file_is_parsed_again(tmp_path):
+    path = write_tiny(tmp_path / "net.mat", seed=1)
+    before = vgg.load(path).layers[0].kernel
+    write_tiny(path, seed=2)
+    after = vgg.load(path).layers[0].kernel
+    assert not np.array_equal(before, after)
+
+
+def test_cache_goes_under_home_when_it_cannot_sit_beside_the_file(tmp_path, monkeypatch):
+    path = write_tiny(tmp_path / "net.mat")
+    (tmp_path / "net.mat.cache").write_text("a file in the way, as a read-only folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    vgg.load(path)
+    assert list((tmp_path / "home-cache" / "neural-style").glob("*/features.npz"))
 
 
 # ---- files that are not such a network ------------------------------------------------------
