@@ -26,7 +26,7 @@ def load_image(path, what="image"):
     try:
         mode = iio.immeta(path, index=0, plugin="pillow").get("mode")
         if mode in _HIGH_DEPTH_MODES:  # 16-bit or float grayscale: scale to 0..255 ourselves
-            image = _high_depth_to_rgb(iio.imread(path, index=0, plugin="pillow"))
+            image = _array_to_rgb(iio.imread(path, index=0, plugin="pillow"))
         else:  # Pillow converts palette, grayscale, CMYK, 1-bit and 16-bit RGB to RGBA for us
             image = _over_white(iio.imread(path, index=0, mode="RGBA", plugin="pillow"))
     except UserError:
@@ -51,7 +51,8 @@ def _over_white(rgba):
     return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
 
 
-def _high_depth_to_rgb(raw):
+def _array_to_rgb(raw):
+    """An integer or float (0..1) array, grayscale or colour, as float32 RGB 0..255."""
     raw = np.asarray(raw)
     if np.issubdtype(raw.dtype, np.integer):
         image = raw.astype(np.float32) * (255.0 / np.iinfo(raw.dtype).max)
@@ -62,6 +63,25 @@ def _high_depth_to_rgb(raw):
     if image.shape[2] in (1, 2):
         image = np.repeat(image[..., :1], 3, axis=2)
     return image[..., :3]
+
+
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "brick", "grass", "gravel")
+
+
+def sample_photos(long_side=256):
+    """Natural photos that scikit-image ships inside its wheel (no download needed): the set the
+    network is normalised on. Returns the photos and a description of the set."""
+    try:
+        import skimage
+        import skimage.data
+    except ImportError:
+        raise UserError("normalising the network needs scikit-image's sample photos: "
+                        "pip install scikit-image") from None
+    arrays = [getattr(skimage.data, name)() for name in SAMPLE_PHOTOS]
+    arrays.append(skimage.data.stereo_motorcycle()[0])
+    photos = [fit_long_side(_array_to_rgb(array), long_side) for array in arrays]
+    names = ", ".join(SAMPLE_PHOTOS + ("motorcycle_left",))
+    return photos, f"scikit-image {skimage.__version__} sample photos ({names}) at {long_side} px"
 
 
 def check_writable(path, overwrite, what="output"):
@@ -124,6 +144,18 @@ def resize(image, height, width):
     return np.clip(resized.numpy(), 0.0, 255.0)
 
 
+def resize_mask(mask, height, width):
+    """A [height, width] mask resized with antialiasing, values kept in 0..1."""
+    resized = tf.image.resize(np.asarray(mask, np.float32)[..., np.newaxis], (int(height), int(width)),
+                              method="bilinear", antialias=True)
+    return np.clip(resized.numpy()[..., 0], 0.0, 1.0)
+
+
+def load_mask(path):
+    """A grayscale mask from any image file: white 1, black 0."""
+    return np.clip(rgb_to_yiq(load_image(path, "style mask"))[..., 0] / 255.0, 0.0, 1.0)
+
+
 def fit_long_side(image, long_side):
     """Scale so that the longer side is `long_side` pixels, keeping the aspect ratio."""
     height, width = image.shape[:2]
@@ -170,3 +202,22 @@ def with_colors_of(luminance_image, content):
     yiq = rgb_to_yiq(content)
     yiq[..., 0] = rgb_to_yiq(luminance_image)[..., 0]
     return np.clip(yiq_to_rgb(yiq), 0.0, 255.0)
+
+
+def match_colors(style, content):
+    """The style's colours moved to the content's mean and covariance (Gatys et al. 2017, section
+    5.2: colour histogram matching with a linear transform, x -> A (x - mu_s) + mu_c, A the
+    symmetric square-root map from the style's covariance to the content's)."""
+    pixels_s = np.asarray(style, np.float64).reshape(-1, 3)
+    pixels_c = np.asarray(content, np.float64).reshape(-1, 3)
+    mean_s, mean_c = pixels_s.mean(axis=0), pixels_c.mean(axis=0)
+    eye = 1e-3 * np.eye(3)  # keeps a flat (grayscale) image's covariance invertible
+    root_s, root_c = _sqrtm(np.cov(pixels_s.T) + eye), _sqrtm(np.cov(pixels_c.T) + eye)
+    transform = root_c @ np.linalg.inv(root_s)
+    matched = (pixels_s - mean_s) @ transform.T + mean_c
+    return np.clip(matched, 0.0, 255.0).reshape(np.shape(style)).astype(np.float32)
+
+
+def _sqrtm(matrix):
+    values, vectors = np.linalg.eigh(matrix)
+    return vectors @ np.diag(np.sqrt(np.maximum(values, 0.0))) @ vectors.T

@@ -23,7 +23,7 @@ PRESETS = {
         "content_weight": 5.0, "style_weight": 100.0, "tv_weight": 0.0,
         "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000, "scales": "1",
         "init": "blend", "noise_ratio": 0.75, "pooling": "avg", "max_size": 512,
-        "precision": "float32",
+        "precision": "float32", "normalize_network": False,
     },
     "gatys2016": {
         "content_layers": "relu4_2",
@@ -31,7 +31,7 @@ PRESETS = {
         "content_weight": 1.0, "style_weight": 1000.0, "tv_weight": 0.0,  # alpha/beta = 1e-3
         "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000, "scales": "1",
         "init": "noise", "noise_ratio": 1.0, "pooling": "avg", "max_size": 512,
-        "precision": "float32",
+        "precision": "float32", "normalize_network": True,
     },
 }
 # The everyday recipe: the write-up's objective, reached as fast as this project can (README, "Speed").
@@ -56,13 +56,24 @@ def parse_args(argv):
     io.add_argument("--style-blend-weights", type=float, nargs="+",
                     help="one weight per style image (normalised to sum 1; default equal)")
     io.add_argument("--preserve-colors", action="store_true",
-                    help="luminance-only transfer: keep the content's colours (Gatys et al. 2017)")
+                    help="luminance-only transfer: keep the content's colours (= --color-control luminance)")
+    io.add_argument("--color-control", choices=("none", "luminance", "histogram"),
+                    help="Gatys et al. 2017: luminance-only transfer, or match the style's colour "
+                    "histogram (mean and covariance) to the content's first")
+    io.add_argument("--style-mask", type=Path, nargs="+", help="one grayscale image per style: each style "
+                    "applies where its mask is white (guided Gram matrices, Gatys et al. 2017)")
+    io.add_argument("--style-layer-sets", nargs="+", help="one comma-separated subset of --style-layers per "
+                    "style image, e.g. relu1_1,relu2_1 relu3_1,relu4_1,relu5_1: the fine scale of the "
+                    "first style with the coarse scale of the second")
     loss = parser.add_argument_group("objective")
     loss.add_argument("--preset", choices=sorted(PRESETS), default="writeup",
                       help="writeup (default: the course write-up), gatys2016 (the CVPR paper) or "
                       "fast (the write-up's objective, reached quickly: everyday use)")
     loss.add_argument("--network", type=Path, help="the MatConvNet VGG .mat file (default: "
                       "weights/imagenet-vgg-verydeep-19.mat, downloaded on first use)")
+    loss.add_argument("--normalize-network", action=argparse.BooleanOptionalAction,
+                      help="rescale the weights so every channel's mean activation is 1, as the paper's "
+                      "network (on in gatys2016)")
     loss.add_argument("--content-layers", help="comma-separated layer names, each optionally name:weight")
     loss.add_argument("--style-layers", help="comma-separated, e.g. relu1_1:0.5,relu2_1:1.0 (a layer "
                       "without a weight gets 1/number of style layers)")
@@ -131,8 +142,8 @@ def settings_for_preset(name, **overrides):
     """A preset's Settings, with `overrides` (option names as in PRESETS) replacing its values."""
     from stylize import Settings
     values = dict(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
-    extra = {key: values[key] for key in ("style_blend_weights", "style_scale", "seed",
-                                         "preserve_colors", "recompute") if key in values}
+    extra = {key: values[key] for key in ("style_blend_weights", "style_scale", "seed", "color_control",
+                                         "style_layer_sets", "recompute") if key in values}
     return Settings(
         content_layers=parse_layers(values["content_layers"], "--content-layers", style=False),
         style_layers=parse_layers(values["style_layers"], "--style-layers", style=True),
@@ -140,7 +151,7 @@ def settings_for_preset(name, **overrides):
         tv_weight=values["tv_weight"], optimizer=values["optimizer"],
         learning_rate=values["learning_rate"], iterations=values["iterations"], init=values["init"],
         noise_ratio=values["noise_ratio"], pooling=values["pooling"], precision=values["precision"],
-        scales=parse_scales(values["scales"]), **extra)
+        scales=parse_scales(values["scales"]), normalize_network=values["normalize_network"], **extra)
 
 
 def settings_from(args):
@@ -158,9 +169,15 @@ def settings_from(args):
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be 0 (off) or positive, not {args.checkpoint_every}")
     recompute = {"auto": "auto", "on": True, "off": False}[args.recompute]
+    if args.preserve_colors and args.color_control not in (None, "luminance"):
+        raise UserError("--preserve-colors is luminance-only transfer; it cannot be combined with "
+                        f"--color-control {args.color_control}")
+    color_control = "luminance" if args.preserve_colors else args.color_control
+    layer_sets = args.style_layer_sets and [
+        [name.strip() for name in spec.split(",") if name.strip()] for spec in args.style_layer_sets]
     settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
-                                   style_scale=args.style_scale, seed=args.seed,
-                                   preserve_colors=args.preserve_colors, recompute=recompute)
+                                   style_scale=args.style_scale, seed=args.seed, color_control=color_control,
+                                   style_layer_sets=layer_sets, recompute=recompute)
     return settings, max_size
 
 
@@ -207,6 +224,7 @@ def run(args):
     content = images.cap_long_side(images.load_image(args.content, "content image"), max_size)
     styles = [images.load_image(path, "style image") for path in args.style]
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
+    masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None
 
     import vgg
     from stylize import stylize
@@ -214,7 +232,7 @@ def run(args):
     with progress.graceful_interrupt() as stop_request:
         monitor = Monitor(args, stop_request)
         try:
-            result = stylize(network, content, styles, settings, monitor, init_image)
+            result = stylize(network, content, styles, settings, monitor, init_image, masks)
         finally:
             monitor.close()
         saved = images.save_image(args.output, result.image, overwrite=args.overwrite)

@@ -13,11 +13,13 @@ import scipy.optimize
 
 import images
 import losses
+import vgg
 from errors import UserError
 from quiet_tf import tf
 from vgg import VGG, resolve_precision
 
 INITS = ("blend", "noise", "content", "style", "image")
+COLOR_CONTROLS = ("none", "luminance", "histogram")
 OPTIMIZERS = ("adam", "lbfgs")
 
 
@@ -39,10 +41,12 @@ class Settings:
     noise_ratio: float = 0.75
     seed: int | None = None
     pooling: str = "avg"
-    preserve_colors: bool = False
+    color_control: str = "none"  # "luminance" (luminance-only transfer) or "histogram" (Gatys et al. 2017)
+    style_layer_sets: list | None = None  # per style image, the style layers it supplies (default all)
     precision: str = "float32"  # of the network; losses, Grams and optimiser state stay float32
     scales: tuple = ((1.0, None),)  # (fraction of the output size, iterations or None: `iterations`)
     recompute: object = "auto"  # True, False, or "auto": when activations would not fit in memory
+    normalize_network: bool = False  # Gatys et al.'s rescaled weights (vgg.normalize)
 
 
 @dataclass
@@ -71,36 +75,49 @@ class Result:
 
 
 class Objective:
-    """alpha * content + beta * style + tv_weight * TV of an image, against fixed targets."""
+    """alpha * content + beta * style + tv_weight * TV of an image, against fixed targets.
 
-    def __init__(self, vgg, content, styles, blend_weights, settings):
+    Each style image has a blend weight, optionally its own subset of the style layers (scale
+    control: the fine layers of one style with the coarse layers of another) and optionally a mask
+    over the output (spatial control, Gatys et al. 2017: guided Gram matrices of the masked
+    features). At each layer, the blend weights of the styles that use it are normalised to sum 1.
+    """
+
+    def __init__(self, vgg, content, styles, blend_weights, settings, masks=None):
         self.vgg = vgg
         self.content_layers = settings.content_layers
-        self.style_layers = settings.style_layers
         self.weights = tf.constant([settings.content_weight, settings.style_weight, settings.tv_weight],
                                    tf.float32)
         features = vgg(content[np.newaxis])
         self.content_targets = {name: features[name] for name in self.content_layers}
-        positions = {name: int(np.prod(features[name].shape[1:3])) for name in self.style_layers}
-        self.style_targets = []  # one {layer: Gram} per style, with its blend weight
-        for style, blend in zip(styles, blend_weights):
-            style_features = vgg(style[np.newaxis])
-            grams = {}
-            for name in self.style_layers:
-                # An unnormalised Gram grows with the number of positions: rescale the style's to the
-                # output's size so E_l compares like with like (a no-op when the sizes are equal).
-                scale = positions[name] / int(np.prod(style_features[name].shape[1:3]))
-                grams[name] = losses.gram_matrix(style_features[name]) * scale
-            self.style_targets.append((float(blend), grams))
+        layer_sets = settings.style_layer_sets or [list(settings.style_layers)] * len(styles)
+        style_features = [vgg(style[np.newaxis]) for style in styles]
+        self.style_terms = []  # (layer, weight, target Gram, mask at the layer's size or None)
+        for name, weight in settings.style_layers.items():
+            users = [i for i, layer_set in enumerate(layer_sets) if name in layer_set]
+            share = sum(blend_weights[i] for i in users)
+            height, width = features[name].shape[1:3]
+            for i in users if share > 0 else ():
+                mask = None
+                if masks is not None and masks[i] is not None:
+                    mask = tf.image.resize(masks[i][np.newaxis, :, :, np.newaxis], (height, width),
+                                           method="area")
+                # An unnormalised Gram sums over positions: rescale the style's to the positions it
+                # is compared with (the output's, or the mask's weight), so that E_l compares like
+                # with like (a no-op for an unmasked style image of the output's size).
+                compared = height * width if mask is None else float(tf.reduce_sum(tf.square(mask)))
+                style = style_features[i][name]
+                gram = losses.gram_matrix(style) * (compared / int(np.prod(style.shape[1:3])))
+                self.style_terms.append((name, weight * blend_weights[i] / share, gram, mask))
 
     def terms(self, image):
         """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
         features = self.vgg(image)
         content = tf.add_n([weight * losses.content_loss(features[name], self.content_targets[name])
                             for name, weight in self.content_layers.items()])
-        style = tf.add_n([blend * weight * losses.style_loss(features[name], grams[name])
-                          for blend, grams in self.style_targets
-                          for name, weight in self.style_layers.items()])
+        style = tf.add_n([weight * losses.style_loss(features[name] if mask is None else features[name] * mask,
+                                                     gram)
+                          for name, weight, gram, mask in self.style_terms])
         return tf.stack([content, style, losses.total_variation_loss(image)])
 
     def total(self, terms):
@@ -126,23 +143,31 @@ class Adam:
         self.variable.assign_sub(step * m / (tf.sqrt(v) + self.epsilon))
 
 
-def stylize(network, content, styles, settings, monitor=lambda progress: True, init_image=None):
+def stylize(network, content, styles, settings, monitor=lambda progress: True, init_image=None,
+            masks=None):
     """Render `content` (float32 RGB 0..255, already at the output size) in the style of `styles`.
 
     `monitor(progress)` is called for iteration 0 (the initial image) and after every iteration;
     returning False stops the run. With several `settings.scales` the image is optimised at each
-    fraction of the output size in turn, upsampled between them (coarse to fine). Returns a Result.
+    fraction of the output size in turn, upsampled between them (coarse to fine). `masks`, one per
+    style image or None, are grayscale arrays (0..1) over the output: each style applies where its
+    mask is white. Returns a Result.
     """
     _check_settings(settings, len(styles))
+    _check_masks(masks, len(styles))
     blend = np.asarray(settings.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
     blend = blend / blend.sum()
     original_content = content
-    if settings.preserve_colors:  # Gatys et al. 2017: transfer on luminance, colours from the content
+    if settings.color_control == "luminance":  # transfer on luminance; colours from the content
         styles = [images.match_luminance(style, content) for style in styles]
         content = images.luminance(content)
         if init_image is not None:
             init_image = images.luminance(init_image)
+    elif settings.color_control == "histogram":  # the styles take on the content's colours first
+        styles = [images.match_colors(style, content) for style in styles]
 
+    if settings.normalize_network:
+        network = vgg.normalize(network, *images.sample_photos(), pooling=settings.pooling)
     layers = list(settings.content_layers) + list(settings.style_layers)
     plan = [(_scaled_size(content.shape, fraction), iterations or settings.iterations)
             for fraction, iterations in settings.scales]
@@ -150,8 +175,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
     min_size = max(network.min_size(name) for name in layers)
     plan = [step for step in plan[:-1] if min(step[0]) >= min_size] + plan[-1:]
     nets = {}  # one network per precision/memory mode, shared by the scales
-    total = sum(iterations for _, iterations in plan)
-    report = _Reporter(monitor, total, len(plan))
+    report = _Reporter(monitor, sum(iterations for _, iterations in plan))
     image = None
     for i, ((height, width), iterations) in enumerate(plan):
         recompute = settings.recompute
@@ -160,21 +184,23 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         if recompute not in nets:
             nets[recompute] = VGG(network, layers, pooling=settings.pooling, dtype=settings.precision,
                                   recompute=recompute)
-        vgg = nets[recompute]
+        net = nets[recompute]
         scaled_content = images.resize(content, height, width)
         long_side = max(1, round(settings.style_scale * max(height, width)))
         scaled_styles = [images.fit_long_side(style, long_side) for style in styles]
-        _check_size("content image", scaled_content, vgg)
+        _check_size("content image", scaled_content, net)
         for j, style in enumerate(scaled_styles):
-            _check_size(f"style image {j + 1}" if len(styles) > 1 else "style image", style, vgg)
-        objective = Objective(vgg, scaled_content, scaled_styles, blend, settings)
+            _check_size(f"style image {j + 1}" if len(styles) > 1 else "style image", style, net)
+        scaled_masks = masks and [None if mask is None else images.resize_mask(mask, height, width)
+                                  for mask in masks]
+        objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
         if image is None:
             start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
         else:
             start = images.resize(image, height, width)
         colours = images.resize(original_content, height, width)
         finish = (lambda x, colours=colours: images.with_colors_of(x, colours)) \
-            if settings.preserve_colors else (lambda x: x)
+            if settings.color_control == "luminance" else (lambda x: x)
         report.next_scale(finish, first=i == 0)
         # Later scales begin with an evaluation of the upsampled image: it counts as an iteration.
         steps = iterations if i == 0 else iterations - 1
@@ -188,8 +214,8 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
 class _Reporter:
     """Numbers the iterations of all scales in one sequence and hands them to the monitor."""
 
-    def __init__(self, monitor, total, scale_count):
-        self.monitor, self.total, self.scale_count = monitor, total, scale_count
+    def __init__(self, monitor, total):
+        self.monitor, self.total = monitor, total
         self.offset, self.next_offset, self.start, self.finish = 0, 0, None, None
 
     def next_scale(self, finish, first):
@@ -385,6 +411,21 @@ def _check_settings(settings, style_count):
         raise UserError(f"learning rate must be positive, not {settings.learning_rate}")
     if not settings.content_layers or not settings.style_layers:
         raise UserError("give at least one content layer and one style layer")
+    if settings.color_control not in COLOR_CONTROLS:
+        raise UserError(f"colour control must be one of {', '.join(COLOR_CONTROLS)}, not "
+                        f"'{settings.color_control}'")
+    sets = settings.style_layer_sets
+    if sets is not None:
+        if len(sets) != style_count:
+            raise UserError(f"{len(sets)} style layer sets given for {style_count} style "
+                            f"image{'s' if style_count > 1 else ''}: give one set per style image")
+        for layer in (layer for layer_set in sets for layer in layer_set):
+            if layer not in settings.style_layers:
+                raise UserError(f"style layer set names {layer}, which is not one of the style layers "
+                                f"({', '.join(settings.style_layers)})")
+        unused = [layer for layer in settings.style_layers if not any(layer in s for s in sets)]
+        if unused:
+            raise UserError(f"style layer {unused[0]} is in no style layer set; add it to one")
     blend = settings.style_blend_weights
     if blend is not None:
         if len(blend) != style_count:
@@ -392,6 +433,12 @@ def _check_settings(settings, style_count):
                             f"image{'s' if style_count > 1 else ''}: give one weight per style image")
         if any(w < 0 for w in blend) or sum(blend) <= 0:
             raise UserError("style blend weights must be non-negative and not all zero")
+
+
+def _check_masks(masks, style_count):
+    if masks is not None and len(masks) != style_count:
+        raise UserError(f"{len(masks)} style masks given for {style_count} style "
+                        f"image{'s' if style_count > 1 else ''}: give one mask per style image")
 
 
 def _check_size(what, image, vgg):

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ class Network:
     mean_pixel: np.ndarray  # RGB, subtracted from images in 0..255
     feature_count: int
     sha256: str = ""  # of the .mat file, as recorded when its cache was made
+    normalization: str = ""  # how the weights were rescaled, if they were (see normalize())
 
     @property
     def layer_names(self):
@@ -290,16 +291,92 @@ def _write_cache(network, key):
         if layer.kernel is not None:
             arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = layer.kernel, layer.bias
     meta = {"key": key, "layers": fields, "feature_count": network.feature_count, "sha256": network.sha256}
+    _save_npz(folder / "features.npz", meta=np.array(json.dumps(meta)), **arrays)
+
+
+def _save_npz(path, **arrays):
+    """Write a cache file atomically; a cache that cannot be written is skipped, not an error."""
     try:
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".npz")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz")
     except OSError:
         return
     try:
         with os.fdopen(handle, "wb") as out:
-            np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(temporary, folder / "features.npz")
+            np.savez(out, **arrays)
+        os.replace(temporary, path)
     except OSError:
         os.unlink(temporary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gatys et al.'s normalised network
+
+def normalize(network, photos, photo_set, pooling="avg"):
+    """The network rescaled so that every channel's mean post-ReLU activation over `photos` is 1.
+
+    Gatys et al. used such a VGG19: with it the paper's alpha/beta ratios mean what they say. Each
+    conv layer's kernels and bias are divided by its channels' mean activation m (ReLU commutes with
+    a positive scale, as does either pooling), and the next conv layer's input weights are multiplied
+    by m, so every layer computes what it did before, divided by its own m. Hence one forward pass of
+    the original network gives every m. Channels that never fire (m = 0) are left as they are.
+    The result is cached beside the .mat, keyed by the file's checksum, the photos and the pooling.
+    """
+    key = {"sha256": network.sha256, "photos": photo_set, "pooling": pooling, "format": CACHE_FORMAT}
+    folder = _cache_folder(Path(network.path))
+    cache = folder / f"normalized-{pooling}.npz" if folder else None
+    scales = _read_scales(cache, key)
+    if scales is None:
+        scales = _channel_means(network, photos, pooling)
+        _write_scales(cache, key, scales)
+    layers, previous = list(network.layers), None
+    for i, layer in enumerate(layers[:network.feature_count]):
+        if layer.type != "conv":
+            continue
+        kernel, bias = layer.kernel, layer.bias
+        if previous is not None:  # undo the previous layer's scale on this layer's input
+            kernel = kernel * previous[np.newaxis, np.newaxis, :, np.newaxis]
+        mean = scales.get(layer.name)
+        if mean is not None:
+            kernel, bias = kernel / mean, bias / mean
+        previous = mean if mean is not None else np.ones(layer.kernel.shape[3], np.float32)
+        layers[i] = replace(layer, kernel=kernel.astype(np.float32), bias=bias.astype(np.float32))
+    description = f"mean activation 1 per channel on {photo_set}, {pooling} pooling"
+    return replace(network, layers=tuple(layers), normalization=description)
+
+
+def _channel_means(network, photos, pooling):
+    """{conv name: mean of its ReLU's output per channel (1 where it is 0)} over all photos."""
+    pairs = [(conv.name, after.name) for conv, after in zip(network.layers[:network.feature_count],
+                                                            network.layers[1:network.feature_count])
+             if conv.type == "conv" and after.type == "relu"]
+    net = VGG(network, [relu for _, relu in pairs], pooling=pooling)
+    sums, positions = {}, {}
+    for photo in photos:
+        for name, features in net(np.asarray(photo, np.float32)[np.newaxis]).items():
+            sums[name] = sums.get(name, 0.0) + tf.reduce_sum(features, axis=[0, 1, 2]).numpy().astype(np.float64)
+            positions[name] = positions.get(name, 0) + int(np.prod(features.shape[1:3]))
+    means = {}
+    for conv, relu in pairs:
+        mean = sums[relu] / positions[relu]
+        means[conv] = np.where(mean > 0, mean, 1.0).astype(np.float32)
+    return means
+
+
+def _read_scales(cache, key):
+    if cache is None or not cache.exists():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            if json.loads(str(data["meta"])) != key:
+                return None
+            return {name: data[name] for name in data.files if name != "meta"}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_scales(cache, key, scales):
+    if cache is not None:
+        _save_npz(cache, meta=np.array(json.dumps(key)), **scales)
 
 
 # ---------------------------------------------------------------------------------------------

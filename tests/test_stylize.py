@@ -128,7 +128,7 @@ def test_init_image_is_used(tiny_network):
 
 
 def test_preserve_colors_keeps_the_content_colours(tiny_network):
-    result, _ = run(tiny_network, preserve_colors=True, iterations=5, init="content")
+    result, _ = run(tiny_network, color_control="luminance", iterations=5, init="content")
     yiq_out, yiq_content = images.rgb_to_yiq(result.image), images.rgb_to_yiq(CONTENT)
     unclipped = ((result.image > 2) & (result.image < 253)).all(axis=2)
     np.testing.assert_allclose(yiq_out[unclipped][:, 1:], yiq_content[unclipped][:, 1:], atol=0.5)
