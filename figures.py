@@ -1,0 +1,240 @@
+"""Reproduce the figures of Gatys, Ecker & Bethge (CVPR 2016) side by side with the paper's.
+
+    python figures.py figure2 --content tubingen.jpg --style shipwreck.jpg starry_night.jpg ... --out fig2/
+    python figures.py figure3 --content tubingen.jpg --style composition_vii.jpg --out fig3/
+    python figures.py figure-init --content tubingen.jpg --style the_scream.jpg --out fig6/
+
+Every run uses the gatys2016 preset (the normalised network, L-BFGS, white noise, relu4_2 content
+layer, average pooling) unless an option says otherwise. Each tile is written to OUT/tiles/ with its
+exact settings beside it (JSON) and reused when it exists, so an interrupted figure continues where
+it stopped; the grid is OUT/<figure>.png, with OUT/<figure>.json recording every tile.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+import images
+import progress
+import vgg
+from errors import UserError
+from neural_style import settings_for_preset
+
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+PAPER_NAMES = {name: name.replace("relu", "conv") for name in STYLE_LAYERS}  # the paper's labels
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="figures.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    figures = parser.add_subparsers(dest="figure", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--content", type=Path, required=True, help="the photo (the paper: Tübingen)")
+    common.add_argument("--network", type=Path, help="the .mat file (default: weights/, downloaded once)")
+    common.add_argument("--iterations", type=int, default=500, help="L-BFGS evaluations per tile (500)")
+    common.add_argument("--max-size", type=int, default=512, help="long side of every tile (512)")
+    common.add_argument("--out", type=Path, required=True, help="folder for the grid, the tiles and the settings")
+    common.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    common.add_argument("--normalize-network", action=argparse.BooleanOptionalAction, default=True,
+                        help="the paper's rescaled network (default on)")
+    common.add_argument("--seed", type=int, default=0, help="seed of the white-noise starting image")
+    two = figures.add_parser("figure2", parents=[common], help="one content image in several styles (Fig. 2)")
+    two.add_argument("--style", type=Path, nargs="+", required=True)
+    two.add_argument("--ratio", type=float, default=1e-3, help="alpha/beta (the paper: 1e-3 or 1e-4)")
+    three = figures.add_parser("figure3", parents=[common],
+                               help="style layers (rows) against alpha/beta (columns) (Fig. 3)")
+    three.add_argument("--style", type=Path, required=True)
+    three.add_argument("--ratios", default="1e-5,1e-4,1e-3,1e-2", help="alpha/beta of the columns")
+    init = figures.add_parser("figure-init", parents=[common],
+                              help="starting from the content, the style and white noise (Fig. 6)")
+    init.add_argument("--style", type=Path, required=True)
+    init.add_argument("--ratio", type=float, default=1e-3)
+    init.add_argument("--noise-seeds", type=int, default=2, help="white-noise starts (the paper shows 4)")
+    return parser.parse_args(argv)
+
+
+def run(args):
+    if args.iterations < 1 or args.max_size < 1:
+        raise UserError("--iterations and --max-size must be positive numbers")
+    content = images.cap_long_side(images.load_image(args.content, "content image"), args.max_size)
+    styles = args.style if isinstance(args.style, list) else [args.style]
+    style_images = [images.load_image(path, "style image") for path in styles]
+    network = vgg.load(args.network if args.network else vgg.ensure_default())
+    base = settings_for_preset("gatys2016", iterations=args.iterations, optimizer=args.optimizer,
+                               normalize_network=args.normalize_network, seed=args.seed)
+    if args.figure == "figure2":
+        tiles = [[Tile(_stem(path), _with_ratio(base, args.ratio), [image])
+                  for path, image in zip(styles, style_images)]]
+        grid = Grid(rows=[""], columns=["content"] + [_stem(p) for p in styles], insets=True)
+    elif args.figure == "figure3":
+        ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
+        tiles = []
+        for depth in range(1, len(STYLE_LAYERS) + 1):
+            layers = ",".join(STYLE_LAYERS[:depth])
+            row = []
+            for ratio in ratios:
+                settings = dataclasses.replace(_with_ratio(base, ratio),
+                                               style_layers={n: 1.0 / depth for n in STYLE_LAYERS[:depth]})
+                row.append(Tile(f"{layers.replace(',', '+')}_{ratio:g}", settings, style_images))
+            tiles.append(row)
+        grid = Grid(rows=[_layers_label(STYLE_LAYERS[:depth]) for depth in range(1, len(STYLE_LAYERS) + 1)],
+                    columns=[f"alpha/beta {_power(r)}" for r in ratios], insets=False)
+    else:
+        settings = _with_ratio(base, args.ratio)
+        starts = [("from content", dataclasses.replace(settings, init="content")),
+                  ("from style", dataclasses.replace(settings, init="style"))]
+        starts += [(f"from noise {seed}", dataclasses.replace(settings, init="noise", seed=seed))
+                   for seed in range(args.noise_seeds)]
+        tiles = [[Tile(name.replace(" ", "_"), s, style_images) for name, s in starts]]
+        grid = Grid(rows=[""], columns=[name for name, _ in starts], insets=False)
+    return render(args, network, content, style_images, tiles, grid)
+
+
+def _stem(path):
+    return Path(path).stem
+
+
+def _layers_label(layers):
+    """The paper's row titles: conv1_1, conv1_1 + conv2_1, conv1_1 ... conv3_1, ..."""
+    names = [PAPER_NAMES[name] for name in layers]
+    return " + ".join(names) if len(names) <= 2 else f"{names[0]} ... {names[-1]}"
+
+
+def _power(ratio):
+    """1e-05 -> 1e-5, as the paper writes its ratios."""
+    mantissa, exponent = f"{ratio:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _with_ratio(settings, ratio):
+    """alpha/beta as the paper states it: alpha = ratio, beta = 1."""
+    if ratio <= 0:
+        raise UserError(f"alpha/beta must be positive, not {ratio:g}")
+    return dataclasses.replace(settings, content_weight=ratio, style_weight=1.0)
+
+
+@dataclasses.dataclass
+class Tile:
+    name: str
+    settings: object
+    styles: list
+
+    def record(self, args, network):
+        settings = dataclasses.asdict(self.settings)
+        return {"name": self.name, "settings": settings, "content": str(args.content),
+                "max_size": args.max_size, "network": network.path, "network_sha256": network.sha256,
+                "styles": [str(p) for p in (args.style if isinstance(args.style, list) else [args.style])]}
+
+    def path(self, folder, record):
+        digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return folder / f"{self.name}_{digest}.png"
+
+
+@dataclasses.dataclass
+class Grid:
+    rows: list
+    columns: list
+    insets: bool  # figure 2: the style image in the corner of its result, as in the paper
+
+
+def render(args, network, content, style_images, tiles, grid):
+    """Make (or reuse) every tile, then compose the labelled grid."""
+    from stylize import stylize
+    folder = args.out / "tiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [tile for row in tiles for tile in row]
+    results, records = {}, []
+    with progress.graceful_interrupt("stopping after this iteration; finished tiles are kept") as stop:
+        for number, tile in enumerate(todo, start=1):
+            record = tile.record(args, network)
+            path = tile.path(folder, record)
+            records.append({**record, "file": str(path.relative_to(args.out))})
+            if path.exists():
+                results[tile.name] = images.load_image(path)
+                print(f"tile {number}/{len(todo)} {tile.name}: reusing {path}", file=sys.stderr)
+                continue
+            line = progress.LiveLine()
+
+            def monitor(state, number=number, tile=tile):
+                line.show(f"tile {number}/{len(todo)} {tile.name}: iteration {state.iteration}/"
+                          f"{state.total_iterations}  total loss {state.total_loss:.4g}")
+                return not stop
+            result = stylize(network, content, tile.styles, tile.settings, monitor)
+            line.close()
+            if result.status == "interrupted":
+                partial = images.save_image(path.with_suffix(".interrupted.png"), result.image)
+                print(f"interrupted: the unfinished tile is in {partial}; the finished tiles are kept, and "
+                      f"the same command finishes the figure (this tile starts over)", file=sys.stderr)
+                return 130
+            images.save_image(path, result.image)
+            path.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+            results[tile.name] = result.image
+    rows = [[content] + [results[t.name] for t in row] if grid.columns[0] == "content"
+            else [results[t.name] for t in row] for row in tiles]
+    insets = style_images if grid.insets else None
+    figure = compose(rows, grid.rows, grid.columns, insets)
+    out = images.save_image(args.out / f"{args.figure}.png", figure)
+    (args.out / f"{args.figure}.json").write_text(json.dumps({"figure": args.figure, "tiles": records},
+                                                             indent=2, default=str) + "\n")
+    print(f"saved {out}")
+    return 0
+
+
+def compose(rows, row_labels, column_labels, insets=None, gap=6):
+    """A labelled grid of equally sized images (column titles above, row titles at the left)."""
+    height, width = rows[0][0].shape[:2]
+    size = max(12, width // 20)
+    font = _font(size)
+    label_width = max((_text_width(font, label) for label in row_labels), default=0)
+    label_width = label_width + 2 * gap if label_width else 0
+    column = max([width] + [_text_width(font, label) + gap for label in column_labels])
+    title_height = size + 2 * gap
+    canvas = Image.new("RGB", (label_width + len(column_labels) * (column + gap) + gap,
+                               title_height + len(rows) * (height + gap) + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, label in enumerate(column_labels):
+        x = label_width + gap + c * (column + gap)
+        draw.text((x + (column - _text_width(font, label)) // 2, gap), label, fill="black", font=font)
+    for r, row in enumerate(rows):
+        y = title_height + r * (height + gap)
+        draw.text((gap, y + height // 2 - size // 2), row_labels[r], fill="black", font=font)
+        for c, image in enumerate(row):
+            tile = Image.fromarray(np.clip(np.round(images.resize(image, height, width)), 0, 255).astype(np.uint8))
+            style_index = c - (len(row) - len(insets)) if insets else -1
+            if style_index >= 0:  # the style image in the lower left corner, as in the paper
+                inset = insets[style_index]
+                scale = (height // 4) / inset.shape[0]
+                small = images.resize(inset, height // 4, max(1, round(inset.shape[1] * scale)))
+                tile.paste(Image.fromarray(np.round(small).astype(np.uint8)), (0, height - small.shape[0]))
+            canvas.paste(tile, (label_width + gap + c * (column + gap) + (column - width) // 2, y))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow before 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_width(font, text):
+    left, _, right, _ = font.getbbox(text)
+    return right - left
+
+
+if __name__ == "__main__":
+    sys.exit(main())
