@@ -113,6 +113,7 @@ def save_image(path, image, overwrite=True):
                                          dir=path.parent if str(path.parent) else ".")
     os.close(handle)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a result is an ordinary file
         iio.imwrite(temporary, pixels, extension=path.suffix.lower())
         if not overwrite and path.exists():  # appeared since free_name(): keep it, take the next
             path = free_name(path)
@@ -122,6 +123,12 @@ def save_image(path, image, overwrite=True):
             os.unlink(temporary)
         raise
     return path
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def free_name(path):

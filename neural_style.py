@@ -14,7 +14,9 @@ from pathlib import Path
 
 import images
 import progress
+import vgg
 from errors import UserError
+from stylize import Settings, stylize
 
 PRESETS = {
     "writeup": {
@@ -106,24 +108,6 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def parse_layers(spec, option, style):
-    """'relu1_1:0.5,relu2_1' -> {'relu1_1': 0.5, 'relu2_1': ...}; an omitted weight is 1 for content
-    layers and 1/n for n style layers (the paper's w_l)."""
-    names = [item.strip() for item in spec.split(",") if item.strip()]
-    if not names:
-        raise UserError(f"{option} is empty; give layer names such as relu4_2")
-    default = 1.0 / len(names) if style else 1.0
-    layers = {}
-    for item in names:
-        name, _, weight = item.partition(":")
-        try:
-            layers[name.strip()] = float(weight) if weight else default
-        except ValueError:
-            raise UserError(f"{option}: '{weight}' in '{item}' is not a number; write name:weight, "
-                            f"e.g. relu1_1:0.5") from None
-    return layers
-
-
 def parse_scales(spec):
     """'0.25:300,0.5,1' -> ((0.25, 300), (0.5, None), (1.0, None)); None means --iterations."""
     scales = []
@@ -140,13 +124,12 @@ def parse_scales(spec):
 
 def settings_for_preset(name, **overrides):
     """A preset's Settings, with `overrides` (option names as in PRESETS) replacing its values."""
-    from stylize import Settings
     values = dict(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
     extra = {key: values[key] for key in ("style_blend_weights", "style_scale", "seed", "color_control",
                                          "style_layer_sets", "recompute") if key in values}
     return Settings(
-        content_layers=parse_layers(values["content_layers"], "--content-layers", style=False),
-        style_layers=parse_layers(values["style_layers"], "--style-layers", style=True),
+        content_layers=vgg.parse_layers(values["content_layers"], "--content-layers", style=False),
+        style_layers=vgg.parse_layers(values["style_layers"], "--style-layers", style=True),
         content_weight=values["content_weight"], style_weight=values["style_weight"],
         tv_weight=values["tv_weight"], optimizer=values["optimizer"],
         learning_rate=values["learning_rate"], iterations=values["iterations"], init=values["init"],
@@ -226,8 +209,6 @@ def run(args):
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
     masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None
 
-    import vgg
-    from stylize import stylize
     network = vgg.load(args.network if args.network else vgg.ensure_default())
     with progress.graceful_interrupt() as stop_request:
         monitor = Monitor(args, stop_request)

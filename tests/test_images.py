@@ -107,6 +107,15 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     np.testing.assert_allclose(images.load_image(path), np.round(image), atol=0)
 
 
+def test_saved_files_have_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = images.save_image(tmp_path / "out.png", np.zeros((4, 4, 3)))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_save_without_overwrite_keeps_the_existing_file(tmp_path):
     first = images.save_image(tmp_path / "out.png", np.zeros((4, 4, 3)))
     second = images.save_image(tmp_path / "out.png", np.full((4, 4, 3), 255.0), overwrite=False)

@@ -1,0 +1,699 @@
+"""Fast style transfer (Johnson, Alahi & Fei-Fei 2016): train a TransformNet for one style with
+perceptual losses through the VGG of the `.mat` file, then stylize images, folders and videos with
+one forward pass each, and export the network for serving (SavedModel) and mobile (TFLite).
+
+A model folder holds everything of one training:
+    training.json   the settings, so that --resume and export rebuild the same network
+    checkpoints/    network, optimizer, step and data position (tf.train.CheckpointManager)
+    previews/       a few fixed images stylized every --preview-every steps
+    saved_model/    the exported network, which `stylize` loads
+    model.tflite    the same for TensorFlow Lite
+"""
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import images
+import losses
+import progress
+from errors import UserError
+from quiet_tf import tf
+from transformer import JOHNSON_WIDTHS, MIN_SIZE, VARIANTS, TransformNet
+from vgg import VGG
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Default layers and weights for a network family. Each style layer is weighted 1/C^2 (C: its
+    channels), which turns the paper's sum over the C x C Gram entries into the mean that jcjohnson's
+    and lengstrom's code take, so that their weights apply unchanged."""
+    content_layers: tuple
+    style_layers: tuple
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+
+
+# Johnson et al.'s layers, with the weights of their code (jcjohnson/fast-neural-style: content 1,
+# style 5, TV strength 1e-6 on a sum over the batch, 0.4 per value at 256 px and batch 4).
+PAPER = Recipe(("relu2_2",), ("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0, 5.0, 0.4)
+# lengstrom/fast-style-transfer's, for VGG19: its losses are these, term for term (TV up to its
+# separate normalisation of the two directions).
+LENGSTROM = Recipe(("relu4_2",), tuple(f"relu{i}_1" for i in range(1, 6)), 7.5, 100.0, 200.0)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+PREVIEW_COUNT = 3
+MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE = (
+    "training.json", "checkpoints", "previews", "saved_model", "model.tflite")
+
+
+@dataclass
+class Settings:
+    """What defines a training. Layers and weights left None take the network's defaults."""
+    style: str
+    data: str
+    network: str
+    variant: str = "improved"
+    widths: tuple = JOHNSON_WIDTHS
+    content_layers: dict | None = None  # {layer: weight}
+    style_layers: dict | None = None
+    content_weight: float | None = None
+    style_weight: float | None = None
+    pixel_weight: float = 0.0
+    tv_weight: float | None = None
+    image_size: int = 256
+    style_size: int | None = None  # long side of the style image; None: --image-size
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    epochs: int = 2
+    steps: int | None = None  # overrides epochs
+    seed: int = 0
+
+    def with_defaults(self, network):
+        """Fill in what was left None from the recipe of the loaded network: lengstrom's for VGG19
+        (it has conv5_4), the paper's for any other VGG."""
+        recipe = LENGSTROM if "conv5_4" in network.layer_names else PAPER
+
+        def channels(layer):  # of the convolution before a ReLU
+            return network.layers[network.index(layer) - 1].kernel.shape[3]
+
+        style_layers = {name: 1.0 / channels(name) ** 2 for name in recipe.style_layers}
+        return dataclasses.replace(
+            self, content_layers=self.content_layers or dict.fromkeys(recipe.content_layers, 1.0),
+            style_layers=self.style_layers or style_layers,
+            content_weight=_default(self.content_weight, recipe.content_weight),
+            style_weight=_default(self.style_weight, recipe.style_weight),
+            tv_weight=_default(self.tv_weight, recipe.tv_weight),
+            style_size=self.style_size or self.image_size)
+
+    def check(self):
+        if self.variant not in VARIANTS:
+            raise UserError(f"variant must be one of {', '.join(VARIANTS)}, not '{self.variant}'")
+        for value, option in ((self.image_size, "--image-size"), (self.batch_size, "--batch-size"),
+                              (self.epochs, "--epochs"), (self.steps, "--steps")):
+            if value is not None and value < 1:
+                raise UserError(f"{option} must be a positive number, not {value}")
+        if self.style_size is not None and self.style_size < 1:
+            raise UserError(f"--style-size must be a positive number, not {self.style_size}")
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise UserError(f"--widths takes three positive channel counts, not {self.widths}")
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning-rate must be positive, not {self.learning_rate}")
+        weights = (self.content_weight, self.style_weight, self.pixel_weight, self.tv_weight)
+        if min(weights) < 0:
+            raise UserError("loss weights must not be negative")
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def save_settings(settings, model_dir):
+    (Path(model_dir) / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+
+
+def check_model_folder(model_dir, resume, overwrite):
+    """Refuse to mix two trainings in one folder: --resume continues, --overwrite starts over.
+    Returns what a new training will delete."""
+    folder = Path(model_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--model {folder} is a file; give a folder")
+    held = [folder / name for name in MODEL_FILES if (folder / name).exists()]
+    if resume:
+        load_settings(folder)
+    elif held and not overwrite:
+        raise UserError(f"{folder} already holds a training; pass --resume to continue it, --overwrite "
+                        f"to start over, or choose another --model folder")
+    return held
+
+
+def load_settings(model_dir):
+    path = Path(model_dir) / SETTINGS_FILE
+    if not path.is_file():
+        raise UserError(f"{model_dir} holds no training ({SETTINGS_FILE} is missing); train one with "
+                        f"`fast_style.py train --model {model_dir}`")
+    values = json.loads(path.read_text())
+    return Settings(**{**values, "widths": tuple(values["widths"])})
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def find_images(folder, what="data folder"):
+    """Every image file under `folder` (recursive, sorted); a UserError when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder} {'is a file' if folder.exists() else 'does not exist'}; "
+                        f"give a folder of images")
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not found:
+        raise UserError(f"{what} {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return found
+
+
+def center_crop(image, size):
+    """The middle square of an image whose short side is scaled to `size`."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    image = images.resize(image, max(size, round(height * scale)), max(size, round(width * scale)))
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+class TrainingImages:
+    """The images of a folder as an endless stream of random crops, in batches.
+
+    The stream visits the files in a new random order each epoch; position p of the stream is file
+    order(p // n)[p % n], with its crop drawn from (seed, p). A checkpoint stores the next position,
+    so a resumed training sees the same images and crops as an uninterrupted one. Files that cannot
+    be read are skipped and counted.
+    """
+
+    def __init__(self, folder, image_size, seed):
+        self.paths = [str(p) for p in find_images(folder)]
+        self.image_size, self.seed = image_size, seed
+        self.unreadable = set()
+        self.previews = self._first_readable(PREVIEW_COUNT)
+
+    def _first_readable(self, count):
+        found, first_error = [], None
+        for path in self.paths:
+            try:
+                found.append(center_crop(images.load_image(path), self.image_size))
+            except UserError as error:
+                self.unreadable.add(path)
+                first_error = first_error or error
+            if len(found) == count:
+                return np.stack(found)
+        if not found:
+            raise UserError(f"none of the {len(self.paths)} image files in the data folder could be "
+                            f"read (e.g. {first_error})")
+        return np.stack(found)
+
+    def _paths_from(self, start, pipeline, pipelines):
+        """(position, path) from `start` on, for this input pipeline's share of the positions."""
+        n = len(self.paths)
+        position = start
+        while True:
+            epoch, first = divmod(position, n)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+            for index in range(first, n):
+                if position % pipelines == pipeline:
+                    yield position, self.paths[order[index]]
+                position += 1
+
+    def _read(self, path):
+        path = path.numpy().decode()
+        try:
+            return images.load_image(path), True
+        except UserError:
+            self.unreadable.add(path)
+            return np.zeros((1, 1, 3), np.float32), False
+
+    def _crop(self, position, image):
+        """Scale the short side to the crop size (as lengstrom's and PyTorch's examples), then crop."""
+        size = self.image_size
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scaled = tf.cast(tf.math.ceil(shape * size / tf.reduce_min(shape)), tf.int32)
+        image = tf.image.resize(image, tf.maximum(scaled, size), antialias=True)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), position])
+        return tf.image.stateless_random_crop(image, [size, size, 3], seed=seed), position
+
+    def dataset(self, batch_size, start=0, pipeline=0, pipelines=1):
+        """Batches of (crops [batch, size, size, 3] in 0..255, their stream positions)."""
+        def read(position, path):
+            image, ok = tf.py_function(self._read, [path], [tf.float32, tf.bool])
+            image.set_shape([None, None, 3])
+            return position, image, ok
+
+        positions = tf.data.Dataset.from_generator(
+            lambda: self._paths_from(start, pipeline, pipelines),
+            output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)))
+        return (positions.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+                .filter(lambda position, image, ok: ok)
+                .map(lambda position, image, ok: self._crop(position, image),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size, drop_remainder=True)
+                .prefetch(tf.data.AUTOTUNE))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and the training step
+
+class PerceptualLoss:
+    """Johnson et al.'s loss terms of a stylized batch: feature (content) and Gram (style)
+    reconstruction through the VGG, pixel loss and total variation, each per value (C*H*W)."""
+
+    def __init__(self, network, style_image, settings):
+        self.content_layers, self.style_layers = settings.content_layers, settings.style_layers
+        self.weights = {"content": settings.content_weight, "style": settings.style_weight,
+                        "pixel": settings.pixel_weight, "tv": settings.tv_weight}
+        self.content_vgg = VGG(network, list(settings.content_layers), pooling="max")
+        self.vgg = VGG(network, list(settings.content_layers) + list(settings.style_layers), pooling="max")
+        if min(style_image.shape[:2]) < self.vgg.min_size or settings.image_size < self.vgg.min_size:
+            raise UserError(f"the style image and --image-size must be at least {self.vgg.min_size} px "
+                            f"for layer {self.vgg.layers[-1].name}")
+        features = self.vgg(tf.constant(style_image[np.newaxis]))
+        self.style_grams = {name: losses.gram_matrix(features[name], normalize=True)
+                            for name in settings.style_layers}
+
+    def terms(self, content, stylized):
+        """{term: value before its weight} for batches of content images and their stylizations."""
+        targets = self.content_vgg(content)
+        features = self.vgg(stylized)
+        return {
+            "content": tf.add_n([w * losses.feature_reconstruction_loss(features[name], targets[name])
+                                 for name, w in self.content_layers.items()]),
+            "style": tf.add_n([w * losses.style_reconstruction_loss(features[name], self.style_grams[name])
+                               for name, w in self.style_layers.items()]),
+            "pixel": losses.feature_reconstruction_loss(stylized, content),  # the same, on pixels
+            "tv": losses.total_variation_loss(stylized) / tf.cast(tf.size(stylized), tf.float32),
+        }
+
+    def total(self, terms):
+        return tf.add_n([self.weights[name] * value for name, value in terms.items()])
+
+
+class Training:
+    """The network, Adam and the loss, and one training step over all devices of `strategy`."""
+
+    def __init__(self, network, style_image, settings, strategy):
+        self.strategy = strategy
+        self.loss = PerceptualLoss(network, style_image, settings)
+        with strategy.scope():
+            self.net = TransformNet(settings.widths, settings.variant, seed=settings.seed)
+            self.optimizer = tf.keras.optimizers.Adam(settings.learning_rate)
+            self.optimizer.build(self.net.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, name="step")
+            self.position = tf.Variable(0, dtype=tf.int64, name="position")  # of the data stream
+
+    @tf.function
+    def train_step(self, batch):
+        """One Adam step on a distributed batch; returns the mean loss terms, the total and the
+        last stream position used on this worker."""
+        def replica_step(crops, positions):
+            with tf.GradientTape() as tape:
+                stylized = self.net(crops, training=True)
+                terms = self.loss.terms(crops, stylized)
+                total = self.loss.total(terms)
+                # Each replica's loss is its batch's mean; the optimizer sums the replicas' gradients.
+                share = total / self.strategy.num_replicas_in_sync
+            variables = self.net.trainable_variables
+            gradients = tape.gradient(share, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            return terms, total, tf.reduce_max(positions)
+
+        terms, total, last = self.strategy.run(replica_step, args=batch)
+        mean = lambda value: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+        # This worker's last position: exact on one machine; with several, each worker takes every
+        # n-th position, so the workers' last positions differ by less than a batch.
+        last = tf.reduce_max(tf.stack(self.strategy.experimental_local_results(last)))
+        return {name: mean(value) for name, value in terms.items()}, mean(total), last
+
+
+def choose_strategy(devices=None):
+    """MirroredStrategy over `devices` or all GPUs (when several), MultiWorkerMirroredStrategy when
+    TF_CONFIG names several workers, else the default (one device)."""
+    workers = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])
+    if len(workers) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if devices:
+        return tf.distribute.MirroredStrategy(devices)
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy):
+    """The worker that writes checkpoints, previews and the export: the only one, or worker 0."""
+    resolver = strategy.cluster_resolver
+    return resolver is None or not resolver.task_type or (resolver.task_type, resolver.task_id) in (
+        ("chief", 0), ("worker", 0))
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done", "interrupted" or "diverged"
+    step: int
+    unreadable: int
+    exported: bool  # by this worker (the chief, when training is done)
+
+
+class Checkpoints:
+    """The training's state (network, Adam, step, data position) in a folder; the last 3 are kept."""
+
+    def __init__(self, training, folder):
+        self.step = training.step
+        checkpoint = tf.train.Checkpoint(network=training.net, optimizer=training.optimizer,
+                                         step=training.step, position=training.position)
+        self.manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=3)
+        self.saved_step = None
+
+    def restore_latest(self):
+        if self.manager.latest_checkpoint:
+            self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.saved_step = int(self.step.numpy())
+
+    def save(self):
+        if self.saved_step != int(self.step.numpy()):
+            self.manager.save(checkpoint_number=int(self.step.numpy()))
+            self.saved_step = int(self.step.numpy())
+
+
+def train(settings, model_dir, network, resume=False, overwrite=False, checkpoint_every=500,
+          preview_every=500, print_every=100, devices=None, stop=lambda: False,
+          report=lambda line, keep: None):
+    """Train into `model_dir` (see the module docstring); returns a TrainResult.
+
+    `stop()` is asked before every step (Ctrl-C); a checkpoint is saved every `checkpoint_every`
+    steps, on stop and at the end, so an interrupted training loses at most that many steps.
+    `report(line, keep)` receives the progress line after every step, to keep every `print_every`.
+    """
+    strategy = choose_strategy(devices)  # before any other TensorFlow op (MultiWorkerMirroredStrategy)
+    chief = _is_chief(strategy)  # the one worker that writes the model folder
+    model_dir = Path(model_dir)
+    previous = check_model_folder(model_dir, resume, overwrite) if chief else []
+    settings.check()
+    for value, option in ((checkpoint_every, "--checkpoint-every"), (preview_every, "--preview-every"),
+                          (print_every, "--print-every")):
+        if value < 1:
+            raise UserError(f"{option} must be a positive number, not {value}")
+    style_image = images.fit_long_side(images.load_image(settings.style, "style image"), settings.style_size)
+    data = TrainingImages(settings.data, settings.image_size, settings.seed)
+    if settings.batch_size % strategy.num_replicas_in_sync:
+        raise UserError(f"--batch-size {settings.batch_size} does not split evenly over "
+                        f"{strategy.num_replicas_in_sync} devices")
+    training = Training(network, style_image, settings, strategy)
+    if chief:  # the inputs are good: now replace a previous training, or record a new length
+        for path in [] if resume else previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        model_dir.mkdir(parents=True, exist_ok=True)
+        save_settings(settings, model_dir)
+    # Every worker takes part in saving (it is collective); only the chief's copy is kept.
+    checkpoints = Checkpoints(training, model_dir / CHECKPOINTS if chief else Path(tempfile.mkdtemp()))
+    if resume:
+        checkpoints.restore_latest()
+    total_steps = settings.steps or settings.epochs * max(len(data.paths) // settings.batch_size, 1)
+
+    def dataset_for(context):
+        return data.dataset(context.get_per_replica_batch_size(settings.batch_size),
+                            start=int(training.position.numpy()), pipeline=context.input_pipeline_id,
+                            pipelines=context.num_input_pipelines)
+
+    batches = iter(strategy.distribute_datasets_from_function(dataset_for))
+    status, start_step, clock = "done", int(training.step.numpy()), None
+    while int(training.step.numpy()) < total_steps:
+        if stop():
+            status = "interrupted"
+            break
+        terms, total, last = training.train_step(next(batches))
+        if not np.isfinite(float(total)):
+            status = "diverged"
+            break
+        training.step.assign_add(1)
+        training.position.assign(last + 1)
+        step = int(training.step.numpy())
+        clock = clock or time.perf_counter()  # from the end of the first step, which also compiles
+        if chief:
+            done = step - start_step - 1  # timed steps
+            elapsed, left = progress.eta(clock, done, total_steps - start_step - 1)
+            speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
+            line = _progress_line(step, total_steps, terms, total, speed, elapsed, left, len(data.unreadable))
+            report(line, keep=step % print_every == 0 or step == total_steps)
+        if step % checkpoint_every == 0:
+            checkpoints.save()
+        if chief and step % preview_every == 0:
+            save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
+    if status != "diverged":
+        checkpoints.save()
+    if not chief:
+        shutil.rmtree(checkpoints.manager.directory, ignore_errors=True)
+    elif status == "done":
+        export(model_dir)
+    return TrainResult(status, int(training.step.numpy()), len(data.unreadable), chief and status == "done")
+
+
+def _progress_line(step, total_steps, terms, total, speed, elapsed, left, unreadable):
+    terms_text = "  ".join(f"{name} {float(value):.4g}" for name, value in terms.items())
+    skipped = f"  {unreadable} unreadable skipped" if unreadable else ""
+    return (f"step {step}/{total_steps}  {terms_text}  total {float(total):.4g}  {speed} img/s  "
+            f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}{skipped}")
+
+
+def save_preview(net, previews, path):
+    """The fixed preview images above their stylizations, one picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stylized = net(tf.constant(previews)).numpy()
+    images.save_image(path, np.concatenate([np.concatenate(list(previews), axis=1),
+                                            np.concatenate(list(stylized), axis=1)], axis=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+class Stylize(tf.Module):
+    """What the SavedModel serves: float32 [batch, height, width, 3] RGB 0..255, any size, in;
+    the stylized images, same shape and range, out."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    def serve(self, images):
+        return {"stylized": self.net(images)}
+
+
+def restore_network(model_dir):
+    """The network of the latest checkpoint in `model_dir`, built as its training.json says."""
+    settings = load_settings(model_dir)
+    net = TransformNet(settings.widths, settings.variant)
+    latest = tf.train.latest_checkpoint(Path(model_dir) / CHECKPOINTS)
+    if latest is None:
+        raise UserError(f"{model_dir} holds no checkpoint yet; train first")
+    tf.train.Checkpoint(network=net).restore(latest).expect_partial()
+    return net
+
+
+def export(model_dir):
+    """Write saved_model/ and model.tflite from the latest checkpoint; returns their paths. Both take
+    any batch and image size (TFLite: resize the input tensor, then allocate)."""
+    model_dir = Path(model_dir)
+    module = Stylize(restore_network(model_dir))
+    saved = model_dir / SAVED_MODEL
+    temporary = model_dir / f".{SAVED_MODEL}.{os.getpid()}"  # renamed when complete
+    shutil.rmtree(temporary, ignore_errors=True)
+    tf.saved_model.save(module, str(temporary), signatures={"serving_default": module.serve})
+    if saved.exists():
+        shutil.rmtree(saved)
+    os.replace(temporary, saved)
+
+    tflite = model_dir / TFLITE_FILE
+    temporary = tflite.with_name(f".{tflite.name}.part")
+    temporary.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+    os.replace(temporary, tflite)
+    return saved, tflite
+
+
+# ---------------------------------------------------------------------------------------------
+# Stylizing
+
+class Stylizer:
+    """A trained network loaded from a SavedModel; calls take and return float32 batches."""
+
+    def __init__(self, model):
+        model = Path(model)
+        path = model if (model / "saved_model.pb").is_file() else model / SAVED_MODEL
+        if not (path / "saved_model.pb").is_file():
+            what = "does not exist" if not model.exists() else "holds no exported network (saved_model/)"
+            raise UserError(f"model {model} {what}; train one with `fast_style.py train`, or run "
+                            f"`fast_style.py export --model {model}` after an interrupted training")
+        self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self.reduced = False  # set when an image had to be stylized smaller for lack of memory
+
+    def __call__(self, batch):
+        """Stylize a batch of equal-sized images; an image too large for memory is stylized at half
+        the size (repeatedly if needed) and scaled back."""
+        try:
+            return self.serve(images=tf.constant(batch, tf.float32))["stylized"].numpy()
+        except (tf.errors.ResourceExhaustedError, MemoryError):
+            if len(batch) > 1:
+                return np.concatenate([self(batch[i:i + 1]) for i in range(len(batch))])
+            height, width = batch.shape[1:3]
+            if min(height, width) // 2 < MIN_SIZE:
+                raise
+            self.reduced = True
+            small = images.resize(batch[0], height // 2, width // 2)
+            return images.resize(self(small[np.newaxis])[0], height, width)[np.newaxis]
+
+
+def _restore_colors(result, original, preserve_colors):
+    """--preserve-colors: the result's luminance with the original's colours."""
+    return images.with_colors_of(result, original) if preserve_colors else result
+
+
+def stylize_image(stylizer, source, output, overwrite=False, preserve_colors=False):
+    image = images.load_image(source, "input image")
+    _check_size(image, source)
+    result = _restore_colors(stylizer(image[np.newaxis])[0], image, preserve_colors)
+    return images.save_image(output, result, overwrite=overwrite)
+
+
+def _check_size(image, source):
+    if min(image.shape[:2]) < MIN_SIZE:
+        raise UserError(f"input image {source} is {image.shape[1]}x{image.shape[0]} px; the network "
+                        f"needs at least {MIN_SIZE} px on each side")
+
+
+def folder_outputs(source, output):
+    """{input image: output path}, mirroring the folder's layout; an output keeps the input's format
+    where it can be written, else becomes PNG."""
+    pairs = {}
+    for path in find_images(source, "input folder"):
+        target = Path(output) / path.relative_to(source)
+        pairs[path] = target if target.suffix.lower() in images.WRITABLE else target.with_suffix(".png")
+    return pairs
+
+
+def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
+                   report=lambda line: None):
+    """Stylize every image of a folder, equal sizes together in batches; returns (written, skipped)."""
+    pairs = folder_outputs(source, output)
+    existing = [str(target) for target in pairs.values() if target.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{len(existing)} of the outputs already exist (e.g. {existing[0]}); pass "
+                        f"--overwrite to replace them or choose another --output folder")
+    pending, written, skipped = {}, 0, []
+
+    def flush(shape):
+        nonlocal written
+        batch = pending.pop(shape)
+        results = stylizer(np.stack([image for _, _, image in batch]))
+        for (path, target, image), result in zip(batch, results):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            images.save_image(target, _restore_colors(result, image, preserve_colors))
+            written += 1
+        report(f"{written + len(skipped)}/{len(pairs)} images")
+
+    for path, target in pairs.items():
+        try:
+            image = images.load_image(path, "input image")
+            _check_size(image, path)
+        except UserError as error:
+            skipped.append(str(error))
+            continue
+        pending.setdefault(image.shape, []).append((path, target, image))
+        if len(pending[image.shape]) == batch_size:
+            flush(image.shape)
+    for shape in list(pending):
+        flush(shape)
+    return written, skipped
+
+
+def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
+                  report=lambda line: None):
+    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count.
+    The video is written beside `output` and renamed when complete, as images are."""
+    import imageio_ffmpeg  # only videos need it
+
+    source, output = Path(source), Path(output)
+    if not source.is_file():
+        raise UserError(f"input video {source} does not exist")
+    if output.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise UserError(f"output {output} needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
+    if output.exists() and not overwrite:
+        raise UserError(f"output {output} already exists; pass --overwrite to replace it or choose "
+                        f"another name")
+    try:
+        frames = imageio_ffmpeg.read_frames(str(source))
+        meta = next(frames)
+    except (RuntimeError, OSError, StopIteration) as error:
+        raise UserError(f"input video {source} cannot be read ({str(error).splitlines()[0]})") from None
+    width, height = meta["size"]
+    if min(width, height) < MIN_SIZE:
+        raise UserError(f"input video {source} is {width}x{height} px; the network needs at least "
+                        f"{MIN_SIZE} px on each side")
+    expected = round(meta.get("duration", 0) * meta["fps"]) or "?"
+    temporary = str(output.with_name(f".{output.stem}.{os.getpid()}{output.suffix}"))
+    writer = imageio_ffmpeg.write_frames(temporary, (width, height), fps=meta["fps"], macro_block_size=2,
+                                         audio_path=str(source) if meta.get("audio_codec") else None,
+                                         output_params=["-loglevel", "error"])
+    count = 0
+    try:
+        writer.send(None)  # start ffmpeg
+
+        def write(batch):
+            nonlocal count
+            batch = np.stack(batch)
+            for frame, result in zip(batch, stylizer(batch)):
+                result = _restore_colors(result, frame, preserve_colors)
+                writer.send(np.clip(np.round(result), 0, 255).astype(np.uint8))
+            count += len(batch)
+            report(f"frame {count}/{expected}")
+
+        batch = []
+        for raw in frames:
+            batch.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(np.float32))
+            if len(batch) == batch_size:
+                write(batch)
+                batch = []
+        if batch:
+            write(batch)
+        writer.close()
+        os.replace(temporary, output)
+    except BaseException:
+        writer.close()
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed
+
+def benchmark_stylize(size=512, precision="float32", jit_compile=False, widths=JOHNSON_WIDTHS,
+                      variant="improved", repeats=10, warmup=3):
+    """Seconds to stylize one size x size image (untrained weights time the same): median and best
+    of `repeats` calls after `warmup` calls."""
+    net = TransformNet(widths, variant, dtype=precision)
+    any_size = tf.TensorSpec([None, None, None, 3], tf.float32)  # as the SavedModel that `stylize` runs
+    run = tf.function(lambda batch: net(batch), input_signature=[any_size], jit_compile=jit_compile)
+    batch = tf.random.uniform([1, size, size, 3], 0, 255, seed=0)
+    return _time(lambda: run(batch).numpy(), repeats, warmup)
+
+
+def benchmark_training(network, image_size=256, batch_size=4, steps=5, warmup=2, variant="improved",
+                       widths=JOHNSON_WIDTHS, devices=None):
+    """Training steps per second (median and best of `steps`) on random images with the default
+    layers of `network` (a vgg.Network)."""
+    settings = Settings(style="", data="", network=network.path, variant=variant, widths=widths,
+                        image_size=image_size, batch_size=batch_size).with_defaults(network)
+    rng = np.random.default_rng(0)
+    style = rng.uniform(0, 255, (image_size, image_size, 3)).astype(np.float32)
+    strategy = choose_strategy(devices)
+    training = Training(network, style, settings, strategy)
+    crops = tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
+    data = tf.data.Dataset.from_tensors((crops, tf.zeros([batch_size], tf.int64))).repeat()
+    batches = iter(strategy.experimental_distribute_dataset(data))
+    seconds = _time(lambda: float(training.train_step(next(batches))[1]), steps, warmup)
+    return {"steps_per_second": 1 / seconds["median"], "best_steps_per_second": 1 / seconds["best"]}
+
+
+def _time(call, repeats, warmup):
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return {"median": float(np.median(times)), "best": min(times)}
