@@ -264,12 +264,12 @@ CACHE_FORMAT = 1
 def _cache_folder(path):
     """`NAME.mat.cache/` beside the file, or a folder under ~/.cache where that is read-only."""
     beside = path.with_name(path.name + ".cache")
-    try:
-        beside.mkdir(exist_ok=True)
-        if os.access(beside, os.W_OK):
+    if (beside.is_dir() and _writable(beside)) or (not beside.exists() and _writable(path.parent)):
+        try:
+            beside.mkdir(exist_ok=True)
             return beside
-    except OSError:
-        pass
+        except OSError:
+            pass
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
     home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "neural-style" / digest
     try:
@@ -277,6 +277,12 @@ def _cache_folder(path):
     except OSError:
         return None
     return home
+
+
+def _writable(folder):
+    """Writable, and not marked read-only: root may write anywhere, but a folder whose owner took
+    away every write bit (a shared weights folder) is left alone."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def _read_cache(path, key):

@@ -143,6 +143,20 @@ def test_a_changed_mat_file_is_parsed_again(tmp_path):
     assert not np.array_equal(before, after)
 
 
+def test_a_read_only_folder_is_left_alone(tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = write_tiny(folder / "net.mat")
+    folder.chmod(0o555)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    try:
+        vgg.load(path)
+        assert sorted(p.name for p in folder.iterdir()) == ["net.mat"]
+        assert list((tmp_path / "home-cache" / "neural-style").glob("*/features.npz"))
+    finally:
+        folder.chmod(0o755)
+
+
 def test_cache_goes_under_home_when_it_cannot_sit_beside_the_file(tmp_path, monkeypatch):
     path = write_tiny(tmp_path / "net.mat")
     (tmp_path / "net.mat.cache").write_text("a file in the way, as a read-only folder would be")
