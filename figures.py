@@ -171,7 +171,8 @@ def render(args, network, content, style_images, tiles, grid):
 
             def monitor(state, number=number, tile=tile):
                 line.show(f"tile {number}/{len(todo)} {tile.name}: iteration {state.iteration}/"
-                          f"{state.total_iterations}  total loss {state.total_loss:.4g}")
+                          f"{state.total_iterations}  total loss {state.total_loss:.4g}",
+                          keep=state.iteration % 100 == 0 or state.iteration == state.total_iterations)
                 return not stop
             result = stylize(network, content, tile.styles, tile.settings, monitor)
             line.close()
