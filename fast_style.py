@@ -4,6 +4,8 @@ stylize images, folders and videos with one forward pass each.
     python fast_style.py train --style painting.jpg --data DIR --model out/
     python fast_style.py stylize --model out/ --input photo.jpg|DIR|video.mp4 --output ...
     python fast_style.py export --model out/
+    python fast_style.py train ... --encoder vgg:relu3_1 --stage1-steps N --stage2-steps M
+    python fast_style.py study-digits --style painting.jpg --out study/
 """
 import argparse
 import sys
@@ -16,7 +18,11 @@ from vgg import parse_layers
 # The options that define a training: --resume takes them from the model folder.
 DEFINING = ("style", "data", "network", "variant", "widths", "content_layers", "style_layers",
             "content_weight", "style_weight", "pixel_weight", "tv_weight", "image_size", "style_size",
-            "batch_size", "learning_rate", "seed")
+            "batch_size", "learning_rate", "seed", "encoder", "stage1_steps", "stage2_steps",
+            "stage2_learning_rate")
+# Those of the digits study: --resume takes them from its folder.
+STUDY_DEFINING = tuple(name for name in DEFINING if name != "data") + ("mnist", "digits")
+STUDY_DEFAULTS = {"image_size": 32, "encoder": "vgg:relu3_1", "stage1_steps": 300, "stage2_steps": 300}
 
 
 def parse_args(argv):
@@ -37,31 +43,11 @@ def parse_args(argv):
     length = train.add_argument_group("length")
     length.add_argument("--epochs", type=int, help="passes over the data (default 2)")
     length.add_argument("--steps", type=int, help="total training steps (overrides --epochs)")
-    recipe = train.add_argument_group("recipe (defaults: Johnson et al. for VGG16, lengstrom's for VGG19)")
-    recipe.add_argument("--variant", choices=("improved", "paper"), help="improved (default): instance "
-                        "norm, resize-convolution, reflection padding; paper: batch norm, transposed "
-                        "convolution, zero padding")
-    recipe.add_argument("--widths", help="channels at full, half and quarter size (default 32,64,128)")
-    recipe.add_argument("--content-layers", help="comma-separated, each optionally name:weight")
-    recipe.add_argument("--style-layers", help="comma-separated, each optionally name:weight (a layer "
-                        "without a weight gets 1/number of style layers)")
-    recipe.add_argument("--content-weight", type=float, help="default 1 (VGG16), 7.5 (VGG19)")
-    recipe.add_argument("--style-weight", type=float, help="default 5 (VGG16), 100 (VGG19)")
-    recipe.add_argument("--pixel-weight", type=float, help="weight of the pixel loss (default 0)")
-    recipe.add_argument("--tv-weight", type=float, help="total variation: default 0.4 (VGG16), 200 (VGG19)")
-    recipe.add_argument("--image-size", type=int, help="side of the random training crops (default 256)")
-    recipe.add_argument("--style-size", type=int, help="long side of the style image (default: "
-                        "--image-size)")
-    recipe.add_argument("--batch-size", type=int, help="images per step, over all devices (default 4)")
-    recipe.add_argument("--learning-rate", type=float, help="Adam's (default 1e-3)")
-    recipe.add_argument("--seed", type=int, help="initial weights, order of the data and crops (default 0)")
-    run = train.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N "
-                     "steps (default 500)")
-    run.add_argument("--preview-every", type=int, default=500, help="stylize the preview images every "
-                     "N steps (default 500)")
-    run.add_argument("--print-every", type=int, default=100, help="keep a progress line every N steps "
-                     "(default 100)")
+    _add_recipe(train.add_argument_group("recipe (defaults: Johnson et al. for VGG16, lengstrom's for "
+                                         "VGG19)"), image_size=256)
+    _add_schedule(train.add_argument_group("two-stage schedule (a generator that shares VGG's first "
+                                           "layers; the two stages set the length)"))
+    run = _add_run(train.add_argument_group("run"))
     run.add_argument("--devices", help="comma-separated devices for MirroredStrategy, e.g. "
                      "/gpu:0,/gpu:1 (default: all GPUs when there are several)")
 
@@ -76,24 +62,91 @@ def parse_args(argv):
     export = commands.add_parser("export", help="write saved_model/ and model.tflite from the latest "
                                  "checkpoint")
     export.add_argument("--model", required=True, type=Path, help="a model folder")
+
+    study = commands.add_parser("study-digits", help="train on handwritten digits with and without stage "
+                                "2 and compare (the two-stage schedule's worked example)")
+    study.add_argument("--out", required=True, type=Path, help="the study folder to write")
+    study.add_argument("--style", type=Path, help="the style image")
+    study.add_argument("--mnist", type=Path, help="MNIST as a local .npz (Keras' mnist.npz) or IDX file "
+                       "(train-images-idx3-ubyte[.gz]); default: scikit-learn's 8x8 digits, upscaled")
+    study.add_argument("--digits", type=int, help="how many digits to train on (default 1000)")
+    study.add_argument("--network", type=Path, help="the VGG .mat file (as for train)")
+    study.add_argument("--resume", action="store_true", help="continue the study in --out")
+    study.add_argument("--overwrite", action="store_true", help="start over in an --out folder that "
+                       "already holds a study")
+    _add_recipe(study.add_argument_group("recipe (as for train)"), image_size=STUDY_DEFAULTS["image_size"])
+    _add_schedule(study.add_argument_group("schedule: run A trains stage 1 for N + M steps, run B stage 1 "
+                                           "for N, then stage 2 for M"), STUDY_DEFAULTS)
+    _add_run(study.add_argument_group("run"))
     return parser.parse_args(argv)
 
 
-def settings_from(args):
-    """The training's Settings: the model folder's with --resume, else the options given."""
-    import feedforward
+def _add_recipe(group, image_size):
+    group.add_argument("--variant", choices=("improved", "paper"), help="improved (default): instance "
+                       "norm, resize-convolution, reflection padding; paper: batch norm, transposed "
+                       "convolution, zero padding")
+    group.add_argument("--widths", help="channels at full, half and quarter size (default 32,64,128)")
+    group.add_argument("--content-layers", help="comma-separated, each optionally name:weight")
+    group.add_argument("--style-layers", help="comma-separated, each optionally name:weight (a layer "
+                       "without a weight gets 1/number of style layers)")
+    group.add_argument("--content-weight", type=float, help="default 1 (VGG16), 7.5 (VGG19)")
+    group.add_argument("--style-weight", type=float, help="default 5 (VGG16), 100 (VGG19)")
+    group.add_argument("--pixel-weight", type=float, help="weight of the pixel loss (default 0)")
+    group.add_argument("--tv-weight", type=float, help="total variation: default 0.4 (VGG16), 200 (VGG19)")
+    group.add_argument("--image-size", type=int, help=f"side of the training images (default {image_size})")
+    group.add_argument("--style-size", type=int, help="long side of the style image (default: "
+                       "--image-size)")
+    group.add_argument("--batch-size", type=int, help="images per step, over all devices (default 4)")
+    group.add_argument("--learning-rate", type=float, help="Adam's (default 1e-3)")
+    group.add_argument("--seed", type=int, help="initial weights, order of the data and crops (default 0)")
+
+
+def _add_schedule(group, defaults=None):
+    """--encoder and the stages; `defaults` only name the study's defaults in the help (they are
+    applied where the options are read, so that --resume can tell an option given from one left out)."""
+    defaults = defaults or {}
+    encoder = defaults.get("encoder", "Johnson et al.'s 9x9 and two stride-2 convolutions")
+    group.add_argument("--encoder", help="vgg:LAYER: the generator's encoder is a copy of the VGG's layers "
+                       f"up to LAYER, initialised from the .mat, e.g. vgg:relu3_1 (default: {encoder})")
+    group.add_argument("--stage1-steps", type=int, help="N: steps with the shared layers fixed"
+                       + (f" (default {defaults['stage1_steps']})" if defaults else ""))
+    group.add_argument("--stage2-steps", type=int, help="M: steps after them that train the shared layers "
+                       "too" + (f" (default {defaults['stage2_steps']})" if defaults else ""))
+    group.add_argument("--stage2-learning-rate", type=float, help="Adam's for the shared layers in stage 2 "
+                       "(default 1e-4); the rest keeps --learning-rate")
+
+
+def _add_run(group):
+    group.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N "
+                       "steps (default 500)")
+    group.add_argument("--preview-every", type=int, default=500, help="stylize the preview images every "
+                       "N steps (default 500)")
+    group.add_argument("--print-every", type=int, default=100, help="keep a progress line every N steps "
+                       "(default 100)")
+    return group
+
+
+def given_settings(args, names):
+    """{setting: value} of the options among `names` that were given, in the form Settings takes."""
     given = {}
-    for name in DEFINING:
+    for name in names:
         value = getattr(args, name)
         if value is None:
             continue
-        if name in ("style", "data", "network"):
+        if name in ("style", "data", "network", "mnist"):
             value = str(value.resolve())
         elif name == "widths":
             value = parse_widths(value)
         elif name.endswith("_layers"):
             value = parse_layers(value, "--" + name.replace("_", "-"), style=name == "style_layers")
         given[name] = value
+    return given
+
+
+def settings_from(args):
+    """The training's Settings: the model folder's with --resume, else the options given."""
+    import feedforward
+    given = given_settings(args, DEFINING)
     if args.resume:
         settings = feedforward.load_settings(args.model)
         for name, value in given.items():
@@ -109,8 +162,13 @@ def settings_from(args):
         if "network" not in given:
             import vgg
             given["network"] = str(vgg.ensure_default().resolve())
+        if "stage1_steps" in given or "stage2_steps" in given:  # one stage given: the other is 0 steps
+            given = {"stage1_steps": 0, "stage2_steps": 0, **given}
         settings = feedforward.Settings(**given)
     if args.epochs is not None:
+        if settings.stage1_steps is not None:
+            raise UserError(f"--stage1-steps {settings.stage1_steps} and --stage2-steps "
+                            f"{settings.stage2_steps} set the length: drop --epochs")
         settings.epochs, settings.steps = args.epochs, None
     if args.steps is not None:
         settings.steps = args.steps
@@ -201,6 +259,52 @@ def run_stylize(args):
     return 0
 
 
+def run_study(args):
+    import digits
+    import feedforward
+    import vgg
+    given = given_settings(args, STUDY_DEFINING)
+    if args.resume:
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UserError(f"--resume continues the study in {args.out} as it was started: drop {options}")
+        study = digits.load_study(args.out)
+    else:
+        if "style" not in given:
+            raise UserError("study-digits needs --style (or --resume to continue a study)")
+        if "network" not in given:
+            given["network"] = str(vgg.ensure_default().resolve())
+        values = {**STUDY_DEFAULTS, **given}
+        stages = values.pop("stage1_steps"), values.pop("stage2_steps")
+        mnist, count = values.pop("mnist", None), values.pop("digits", digits.DEFAULT_DIGITS)
+        settings = feedforward.Settings(data=str((args.out / digits.DATA).resolve()), **values)
+        study = digits.Study(settings, *stages, mnist=mnist, digits=count)
+    network = vgg.load(study.settings.network)
+    study.settings = study.settings.with_defaults(network)
+    line = progress.LiveLine()
+    with progress.graceful_interrupt() as stop_request:
+        try:
+            result = digits.run_study(args.out, study, network, resume=args.resume, overwrite=args.overwrite,
+                                      checkpoint_every=args.checkpoint_every,
+                                      preview_every=args.preview_every, print_every=args.print_every,
+                                      stop=lambda: bool(stop_request), report=line.show)
+        finally:
+            line.close()
+    if result.status == "diverged":
+        print(f"error: the loss of run {result.run} stopped being finite at step {result.step + 1}. Lower "
+              f"--learning-rate, --stage2-learning-rate or the loss weights.", file=sys.stderr)
+        return 1
+    if result.status == "interrupted":
+        print(f"interrupted: run {result.run} is saved at step {result.step}; continue with `fast_style.py "
+              f"study-digits --out {args.out} --resume`", file=sys.stderr)
+        return 130
+    for run, terms in result.held_out.items():
+        values = "  ".join(f"{name} {value:.4g}" for name, value in terms.items())
+        print(f"held-out digits, run {run}: {values}")
+    print(f"wrote {args.out / digits.COMPARISON}, {args.out / digits.LOSS_PLOT} and {args.out / digits.LOSS_NUMBERS}")
+    return 0
+
+
 def run_export(args):
     import feedforward
     saved, tflite = feedforward.export(args.model)
@@ -211,7 +315,8 @@ def run_export(args):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return {"train": run_train, "stylize": run_stylize, "export": run_export}[args.command](args)
+        return {"train": run_train, "stylize": run_stylize, "export": run_export,
+                "study-digits": run_study}[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ A model folder holds everything of one training:
     training.json   the settings, so that --resume and export rebuild the same network
     checkpoints/    network, optimizer, step and data position (tf.train.CheckpointManager)
     previews/       a few fixed images stylized every --preview-every steps
+    losses.jsonl    the loss terms of every step, one JSON line each
     saved_model/    the exported network, which `stylize` loads
     model.tflite    the same for TensorFlow Lite
 """
@@ -23,9 +24,10 @@ import numpy as np
 import images
 import losses
 import progress
+import vgg
 from errors import UserError
 from quiet_tf import tf
-from transformer import JOHNSON_WIDTHS, MIN_SIZE, VARIANTS, TransformNet
+from transformer import JOHNSON_WIDTHS, MIN_SIZE, VARIANTS, TransformNet, encoder_layers
 from vgg import VGG
 
 
@@ -51,8 +53,8 @@ LENGSTROM = Recipe(("relu4_2",), tuple(f"relu{i}_1" for i in range(1, 6)), 7.5, 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 PREVIEW_COUNT = 3
-MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE = (
-    "training.json", "checkpoints", "previews", "saved_model", "model.tflite")
+MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE, LOSSES_FILE = (
+    "training.json", "checkpoints", "previews", "saved_model", "model.tflite", "losses.jsonl")
 
 
 @dataclass
@@ -76,6 +78,13 @@ class Settings:
     epochs: int = 2
     steps: int | None = None  # overrides epochs
     seed: int = 0
+    # The two-stage schedule: the generator's encoder is VGG's layers up to LAYER ("vgg:LAYER"), fixed
+    # for the first stage1_steps steps, trained with the rest for the next stage2_steps (at their own
+    # learning rate); the two set the length. None: Johnson's encoder; no stage 2.
+    encoder: str | None = None
+    stage1_steps: int | None = None
+    stage2_steps: int | None = None
+    stage2_learning_rate: float = 1e-4
 
     def with_defaults(self, network):
         """Fill in what was left None from the recipe of the loaded network: lengstrom's for VGG19
@@ -94,7 +103,8 @@ class Settings:
             tv_weight=_default(self.tv_weight, recipe.tv_weight),
             style_size=self.style_size or self.image_size)
 
-    def check(self):
+    def check(self, network):
+        """A UserError for any setting that cannot train with `network` (a vgg.Network)."""
         if self.variant not in VARIANTS:
             raise UserError(f"variant must be one of {', '.join(VARIANTS)}, not '{self.variant}'")
         for value, option in ((self.image_size, "--image-size"), (self.batch_size, "--batch-size"),
@@ -110,6 +120,37 @@ class Settings:
         weights = (self.content_weight, self.style_weight, self.pixel_weight, self.tv_weight)
         if min(weights) < 0:
             raise UserError("loss weights must not be negative")
+        self._check_schedule(network)
+
+    def _check_schedule(self, network):
+        staged = self.stage1_steps is not None or self.stage2_steps is not None
+        if self.encoder is not None:
+            encoder_layers(network, self.encoder)
+        elif staged:
+            raise UserError("--stage1-steps and --stage2-steps schedule the layers that the generator "
+                            "shares with the loss network: give --encoder vgg:LAYER, e.g. vgg:relu3_1")
+        if not staged:
+            return
+        for value, option in ((self.stage1_steps, "--stage1-steps"), (self.stage2_steps, "--stage2-steps")):
+            if value is None or value < 0:
+                raise UserError(f"{option} must be 0 or a positive number, not {value}")
+        if self.stage1_steps + self.stage2_steps < 1:
+            raise UserError("--stage1-steps and --stage2-steps are both 0: nothing to train")
+        if self.steps is not None:
+            raise UserError(f"--stage1-steps {self.stage1_steps} and --stage2-steps {self.stage2_steps} "
+                            f"set the length: drop --steps")
+        if self.stage2_learning_rate <= 0:
+            raise UserError(f"--stage2-learning-rate must be positive, not {self.stage2_learning_rate}")
+
+    def total_steps(self, image_count):
+        """The training's length: the two stages, --steps, or --epochs over `image_count` images."""
+        if self.stage1_steps is not None:
+            return self.stage1_steps + self.stage2_steps
+        return self.steps or self.epochs * max(image_count // self.batch_size, 1)
+
+    def stage(self, step):
+        """The stage of the step after `step` steps: 2 (shared layers train) or 1 (they are fixed)."""
+        return 2 if self.stage1_steps is not None and step >= self.stage1_steps else 1
 
 
 def _default(value, default):
@@ -140,8 +181,17 @@ def load_settings(model_dir):
     if not path.is_file():
         raise UserError(f"{model_dir} holds no training ({SETTINGS_FILE} is missing); train one with "
                         f"`fast_style.py train --model {model_dir}`")
-    values = json.loads(path.read_text())
+    return settings_from_dict(json.loads(path.read_text()))
+
+
+def settings_from_dict(values):
+    """Settings from their JSON form (dataclasses.asdict), as training.json holds them."""
     return Settings(**{**values, "widths": tuple(values["widths"])})
+
+
+def load_style(settings):
+    """The style image at the size the training uses."""
+    return images.fit_long_side(images.load_image(settings.style, "style image"), settings.style_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,22 +333,37 @@ class PerceptualLoss:
 
 
 class Training:
-    """The network, Adam and the loss, and one training step over all devices of `strategy`."""
+    """The network, Adam and the loss, and one training step over all devices of `strategy`.
+
+    With a VGG encoder, the layers it shares with the loss network have an Adam of their own at
+    --stage2-learning-rate (its own moments, from the first stage-2 step on); the rest of the
+    generator keeps its Adam through both stages. The loss network is vgg.VGG on constants: no
+    stage can change it.
+    """
 
     def __init__(self, network, style_image, settings, strategy):
         self.strategy = strategy
         self.loss = PerceptualLoss(network, style_image, settings)
         with strategy.scope():
-            self.net = TransformNet(settings.widths, settings.variant, seed=settings.seed)
+            self.net = TransformNet(settings.widths, settings.variant, seed=settings.seed,
+                                    encoder=settings.encoder, network=network)
+            shared = {variable.ref() for variable in self.net.encoder_variables}
+            self.generator_variables = [variable for variable in self.net.trainable_variables
+                                        if variable.ref() not in shared]
             self.optimizer = tf.keras.optimizers.Adam(settings.learning_rate)
-            self.optimizer.build(self.net.trainable_variables)
+            self.optimizer.build(self.generator_variables)
+            self.encoder_optimizer = None
+            if shared:
+                self.encoder_optimizer = tf.keras.optimizers.Adam(settings.stage2_learning_rate)
+                self.encoder_optimizer.build(self.net.encoder_variables)
             self.step = tf.Variable(0, dtype=tf.int64, name="step")
             self.position = tf.Variable(0, dtype=tf.int64, name="position")  # of the data stream
 
     @tf.function
-    def train_step(self, batch):
+    def train_step(self, batch, stage2=False):
         """One Adam step on a distributed batch; returns the mean loss terms, the total and the
-        last stream position used on this worker."""
+        last stream position used on this worker. The shared layers take part only in `stage2`:
+        in stage 1 they get no gradient at all."""
         def replica_step(crops, positions):
             with tf.GradientTape() as tape:
                 stylized = self.net(crops, training=True)
@@ -306,9 +371,12 @@ class Training:
                 total = self.loss.total(terms)
                 # Each replica's loss is its batch's mean; the optimizer sums the replicas' gradients.
                 share = total / self.strategy.num_replicas_in_sync
-            variables = self.net.trainable_variables
-            gradients = tape.gradient(share, variables)
-            self.optimizer.apply_gradients(zip(gradients, variables))
+            shared = list(self.net.encoder_variables) if stage2 else []
+            gradients = tape.gradient(share, self.generator_variables + shared)
+            count = len(self.generator_variables)
+            self.optimizer.apply_gradients(zip(gradients[:count], self.generator_variables))
+            if shared:
+                self.encoder_optimizer.apply_gradients(zip(gradients[count:], shared))
             return terms, total, tf.reduce_max(positions)
 
         terms, total, last = self.strategy.run(replica_step, args=batch)
@@ -348,12 +416,14 @@ class TrainResult:
 
 
 class Checkpoints:
-    """The training's state (network, Adam, step, data position) in a folder; the last 3 are kept."""
+    """The training's state (network, Adam, step, data position) in a folder; the last 3 are kept.
+    The step decides the stage, so a resumed training goes on in the stage it was in."""
 
     def __init__(self, training, folder):
         self.step = training.step
+        shared = {"encoder_optimizer": training.encoder_optimizer} if training.encoder_optimizer else {}
         checkpoint = tf.train.Checkpoint(network=training.net, optimizer=training.optimizer,
-                                         step=training.step, position=training.position)
+                                         step=training.step, position=training.position, **shared)
         self.manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=3)
         self.saved_step = None
 
@@ -381,12 +451,12 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
     chief = _is_chief(strategy)  # the one worker that writes the model folder
     model_dir = Path(model_dir)
     previous = check_model_folder(model_dir, resume, overwrite) if chief else []
-    settings.check()
+    settings.check(network)
     for value, option in ((checkpoint_every, "--checkpoint-every"), (preview_every, "--preview-every"),
                           (print_every, "--print-every")):
         if value < 1:
             raise UserError(f"{option} must be a positive number, not {value}")
-    style_image = images.fit_long_side(images.load_image(settings.style, "style image"), settings.style_size)
+    style_image = load_style(settings)
     data = TrainingImages(settings.data, settings.image_size, settings.seed)
     if settings.batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"--batch-size {settings.batch_size} does not split evenly over "
@@ -401,7 +471,8 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
     checkpoints = Checkpoints(training, model_dir / CHECKPOINTS if chief else Path(tempfile.mkdtemp()))
     if resume:
         checkpoints.restore_latest()
-    total_steps = settings.steps or settings.epochs * max(len(data.paths) // settings.batch_size, 1)
+    log = LossLog(model_dir, int(training.step.numpy())) if chief else None
+    total_steps = settings.total_steps(len(data.paths))
 
     def dataset_for(context):
         return data.dataset(context.get_per_replica_batch_size(settings.batch_size),
@@ -414,7 +485,8 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         if stop():
             status = "interrupted"
             break
-        terms, total, last = training.train_step(next(batches))
+        stage = settings.stage(int(training.step.numpy()))
+        terms, total, last = training.train_step(next(batches), stage2=stage == 2)
         if not np.isfinite(float(total)):
             status = "diverged"
             break
@@ -423,10 +495,12 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         step = int(training.step.numpy())
         clock = clock or time.perf_counter()  # from the end of the first step, which also compiles
         if chief:
+            log.write(step, stage, terms, total)
             done = step - start_step - 1  # timed steps
             elapsed, left = progress.eta(clock, done, total_steps - start_step - 1)
             speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
-            line = _progress_line(step, total_steps, terms, total, speed, elapsed, left, len(data.unreadable))
+            where = f"{step}/{total_steps}" + (f" stage {stage}" if settings.stage1_steps is not None else "")
+            line = _progress_line(where, terms, total, speed, elapsed, left, len(data.unreadable))
             report(line, keep=step % print_every == 0 or step == total_steps)
         if step % checkpoint_every == 0:
             checkpoints.save()
@@ -441,11 +515,35 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
     return TrainResult(status, int(training.step.numpy()), len(data.unreadable), chief and status == "done")
 
 
-def _progress_line(step, total_steps, terms, total, speed, elapsed, left, unreadable):
+def _progress_line(where, terms, total, speed, elapsed, left, unreadable):
     terms_text = "  ".join(f"{name} {float(value):.4g}" for name, value in terms.items())
     skipped = f"  {unreadable} unreadable skipped" if unreadable else ""
-    return (f"step {step}/{total_steps}  {terms_text}  total {float(total):.4g}  {speed} img/s  "
+    return (f"step {where}  {terms_text}  total {float(total):.4g}  {speed} img/s  "
             f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}{skipped}")
+
+
+class LossLog:
+    """losses.jsonl: {"step", "stage", each loss term before its weight, "total"} per step. A resumed
+    training drops the lines after its checkpoint's step, which it computes again."""
+
+    def __init__(self, model_dir, step):
+        self.path = Path(model_dir) / LOSSES_FILE
+        if self.path.exists():
+            kept = [entry for entry in read_losses(model_dir) if entry["step"] <= step]
+            temporary = self.path.with_name(f".{self.path.name}.part")
+            temporary.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+            os.replace(temporary, self.path)
+
+    def write(self, step, stage, terms, total):
+        values = {name: float(value) for name, value in terms.items()}
+        with open(self.path, "a") as log:
+            log.write(json.dumps({"step": step, "stage": stage, **values, "total": float(total)}) + "\n")
+
+
+def read_losses(model_dir):
+    """The lines of a model folder's losses.jsonl, as dicts."""
+    path = Path(model_dir) / LOSSES_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def save_preview(net, previews, path):
@@ -475,7 +573,8 @@ class Stylize(tf.Module):
 def restore_network(model_dir):
     """The network of the latest checkpoint in `model_dir`, built as its training.json says."""
     settings = load_settings(model_dir)
-    net = TransformNet(settings.widths, settings.variant)
+    network = vgg.load(settings.network) if settings.encoder else None  # the encoder's layer list
+    net = TransformNet(settings.widths, settings.variant, encoder=settings.encoder, network=network)
     latest = tf.train.latest_checkpoint(Path(model_dir) / CHECKPOINTS)
     if latest is None:
         raise UserError(f"{model_dir} holds no checkpoint yet; train first")

@@ -8,12 +8,18 @@ Real-Time Style Transfer and Super-Resolution", for fast (feed-forward) style tr
 maintained implementation adopted (instance normalisation, resize-then-convolve upsampling,
 reflection padding). Images are [batch, height, width, 3] float32 RGB in 0..255; the output has the
 input's size for any size (the upsampling targets the encoder's own map sizes).
+
+With `encoder="vgg:relu3_1"` the encoder is instead a trainable copy of the loss network's first
+layers (conv1_1 … relu3_1, initialised from the `.mat`), bridged into the same residual blocks and
+decoder: the generator of the two-stage schedule, whose first stage keeps these shared layers fixed.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
+from errors import UserError
 from quiet_tf import tf
+from vgg import VGG
 
 JOHNSON_WIDTHS = (32, 64, 128)
 RESIDUAL_BLOCKS = 5
@@ -41,6 +47,9 @@ VARIANTS = {
 # Reflection padding needs every map larger than its padding: 5 px at the input (9x9 kernels) leave
 # 2 px at a quarter of the size, the least a 3x3 reflection-padded convolution takes.
 MIN_SIZE = 5
+ENCODER_PREFIX = "vgg:"
+# The decoder has a width for each of full, half and quarter size, so it can undo two poolings.
+MAX_POOLINGS = 2
 
 
 def _kernel(rng, shape):
@@ -210,41 +219,115 @@ class ResidualBlock(tf.Module):
         return x + self.norm2(self.conv2(y), training)
 
 
+def encoder_layers(network, spec):
+    """The layers of the `.mat` that `--encoder vgg:LAYER` copies (conv1_1 … LAYER), and how many
+    poolings they hold; a UserError for a spec or layer the decoder cannot undo."""
+    if not spec.startswith(ENCODER_PREFIX):
+        raise UserError(f"--encoder takes {ENCODER_PREFIX}LAYER, e.g. {ENCODER_PREFIX}relu3_1, not '{spec}'")
+    layer = spec[len(ENCODER_PREFIX):]
+    try:
+        layers = network.layers[:network.index(layer) + 1]
+    except UserError as error:
+        raise UserError(f"--encoder {spec}: {error}") from None
+    poolings = sum(layer.type == "pool" for layer in layers)
+    if poolings > MAX_POOLINGS:
+        raise UserError(f"--encoder {spec} ends after {poolings} poolings, at 1/{2 ** poolings} of the image "
+                        f"size; the generator's decoder upsamples at most {MAX_POOLINGS} times: use a layer "
+                        f"up to the third block, e.g. {ENCODER_PREFIX}relu3_1")
+    if not any(layer.type == "conv" for layer in layers):
+        raise UserError(f"--encoder {spec} holds no convolution; use a layer such as "
+                        f"{ENCODER_PREFIX}relu3_1")
+    return layers, poolings
+
+
+class VGGEncoder(tf.Module):
+    """The generator's copy of the loss network's layers conv1_1 … LAYER, as trainable variables
+    initialised from the `.mat`. Its own copy, so that training it leaves the loss network, and
+    with it the meaning of the losses, unchanged. Computes in float32."""
+
+    def __init__(self, network, spec, name="encoder"):
+        super().__init__(name=name)
+        layers, self.poolings = encoder_layers(network, spec)
+        convs = [layer for layer in layers if layer.type == "conv"]
+        self.kernels = {layer.name: tf.Variable(layer.kernel, name=f"{layer.name}_kernel") for layer in convs}
+        self.biases = {layer.name: tf.Variable(layer.bias, name=f"{layer.name}_bias") for layer in convs}
+        self.channels = convs[-1].kernel.shape[3]
+        self.output = layers[-1].name
+        # The map before each pooling but the first: the sizes the decoder restores (the first is the
+        # image's own).
+        pools = [i for i, layer in enumerate(layers) if layer.type == "pool"]
+        self.before_pools = [layers[i - 1].name for i in pools[1:]]
+        weights = {name: (self.kernels[name], self.biases[name]) for name in self.kernels}
+        # vgg.VGG's mean pixel, padding and blocks, with the loss network's (max) pooling
+        self.vgg = VGG(network, self.before_pools + [self.output], pooling="max", weights=weights)
+
+    def __call__(self, images):
+        """The features of `images` (RGB 0..255) and the sizes to upsample to, deepest first."""
+        features = self.vgg(images)
+        sizes = [tf.shape(images)[1:3]] + [tf.shape(features[name])[1:3] for name in self.before_pools]
+        return features[self.output], sizes[::-1]
+
+
 class TransformNet(tf.Module):
     """The image transformation network. `widths` are the channels of the three resolutions
     (Johnson's 32, 64, 128; tests use a few); `dtype` is the arithmetic of the convolutions; `seed`
-    draws the initial weights."""
+    draws the initial weights. `encoder` "vgg:LAYER" replaces Johnson's encoder by VGGEncoder (from
+    `network`, a vgg.Network) and a bridge (3x3 conv, norm, ReLU) to the residual width: the width
+    of the encoder's resolution (quarter size for relu3_1, half for relu2_1)."""
 
     def __init__(self, widths=JOHNSON_WIDTHS, variant="improved", residual_blocks=RESIDUAL_BLOCKS,
-                 dtype=tf.float32, seed=0, name="transform_net"):
+                 dtype=tf.float32, seed=0, name="transform_net", encoder=None, network=None):
         super().__init__(name=name)
         self.dtype = tf.as_dtype(dtype)
         v, rng = VARIANTS[variant], np.random.default_rng(seed)
         c1, c2, c3 = widths
-        self.conv1, self.norm1 = Conv(3, c1, 9, rng, padding=v.padding), _norm(v, c1, "norm1")
-        self.down1 = Conv(c1, c2, 3, rng, stride=2, padding=v.padding)
-        self.norm2 = _norm(v, c2, "norm2")
-        self.down2 = Conv(c2, c3, 3, rng, stride=2, padding=v.padding)
-        self.norm3 = _norm(v, c3, "norm3")
-        self.residuals = [ResidualBlock(c3, v, rng, name=f"residual{i + 1}") for i in range(residual_blocks)]
-        if v.upsampling == "resize":
-            self.up1, self.up2 = ResizeConv(c3, c2, rng, v.padding), ResizeConv(c2, c1, rng, v.padding)
+        if encoder is None:
+            self.encoder, self.depth = None, 2  # poolings to undo
+            self.conv1, self.norm1 = Conv(3, c1, 9, rng, padding=v.padding), _norm(v, c1, "norm1")
+            self.down1 = Conv(c1, c2, 3, rng, stride=2, padding=v.padding)
+            self.norm2 = _norm(v, c2, "norm2")
+            self.down2 = Conv(c2, c3, 3, rng, stride=2, padding=v.padding)
+            self.norm3 = _norm(v, c3, "norm3")
         else:
-            self.up1, self.up2 = TransposedConv(c3, c2, rng), TransposedConv(c2, c1, rng)
-        self.norm4, self.norm5 = _norm(v, c2, "norm4"), _norm(v, c1, "norm5")
+            self.encoder = VGGEncoder(network, encoder)
+            self.depth = self.encoder.poolings
+            self.bridge = Conv(self.encoder.channels, widths[self.depth], 3, rng, padding=v.padding)
+            self.norm_bridge = _norm(v, widths[self.depth], "norm_bridge")
+        width = widths[self.depth]
+        self.residuals = [ResidualBlock(width, v, rng, name=f"residual{i + 1}") for i in range(residual_blocks)]
+        up = (lambda a, b: ResizeConv(a, b, rng, v.padding)) if v.upsampling == "resize" else (
+            lambda a, b: TransposedConv(a, b, rng))
+        if self.depth == 2:
+            self.up1, self.norm4 = up(c3, c2), _norm(v, c2, "norm4")
+        if self.depth >= 1:
+            self.up2, self.norm5 = up(c2, c1), _norm(v, c1, "norm5")
         self.conv_out = SpaceToDepthConv(c1, 3, 9, rng, padding=v.padding)
 
+    @property
+    def encoder_variables(self):
+        """The layers shared with the loss network (none for Johnson's encoder): fixed in stage 1."""
+        return self.encoder.trainable_variables if self.encoder else ()
+
+    def _upsampling(self):
+        """(upsampling, norm) from the deepest resolution the encoder reaches to full size."""
+        stages = [(self.up1, self.norm4)] if self.depth == 2 else []
+        return stages + ([(self.up2, self.norm5)] if self.depth >= 1 else [])
+
     def __call__(self, images, training=False):
-        x = tf.cast(images / 127.5 - 1.0, self.dtype)
-        full = tf.shape(x)[1:3]
-        x = tf.nn.relu(self.norm1(self.conv1(x), training))
-        x = tf.nn.relu(self.norm2(self.down1(x), training))
-        half = tf.shape(x)[1:3]
-        x = tf.nn.relu(self.norm3(self.down2(x), training))
+        if self.encoder is None:
+            x = tf.cast(images / 127.5 - 1.0, self.dtype)
+            full = tf.shape(x)[1:3]
+            x = tf.nn.relu(self.norm1(self.conv1(x), training))
+            x = tf.nn.relu(self.norm2(self.down1(x), training))
+            sizes = [tf.shape(x)[1:3], full]
+            x = tf.nn.relu(self.norm3(self.down2(x), training))
+        else:
+            x, sizes = self.encoder(images)
+            x = tf.nn.relu(self.norm_bridge(self.bridge(tf.cast(x, self.dtype)), training))
         for block in self.residuals:
             x = block(x, training)
-        x = tf.nn.relu(self.norm4(self.up1(x, half), training))
-        x = tf.nn.relu(self.norm5(self.up2(x, full), training))
+        for (up, norm), size in zip(self._upsampling(), sizes):
+            x = tf.nn.relu(norm(up(x, size), training))
         # The scaled tanh of jcjohnson's and lengstrom's code: it reaches 0 and 255 before it saturates,
         # so a black or white region still has gradients (127.5 * (1 + tanh) traps them at 0).
         stylized = 127.5 + 150.0 * tf.tanh(tf.cast(self.conv_out(x), tf.float32))

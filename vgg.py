@@ -438,9 +438,11 @@ class VGG:
     it ("max"). The network computes in `dtype` (float32, bfloat16, float16); features come back as
     float32. With `recompute`, each block's activations are recomputed in the backward pass instead
     of being stored, which trades about a third more time for far less memory at large sizes.
+    `weights`, {conv name: (kernel, bias)}, runs the graph on other tensors than the file's constants
+    (the trainable copy of the two-stage generator).
     """
 
-    def __init__(self, network, outputs, pooling="avg", dtype="float32", recompute=False):
+    def __init__(self, network, outputs, pooling="avg", dtype="float32", recompute=False, weights=None):
         if pooling not in ("avg", "max"):
             raise UserError(f"pooling must be 'avg' or 'max', not '{pooling}'")
         self.network = network
@@ -454,8 +456,9 @@ class VGG:
         self.recompute = recompute
         self.min_size = max(network.min_size(name) for name in self.outputs)
         self._mean = tf.constant(network.mean_pixel, tf.float32)
-        self._weights = {layer.name: (tf.constant(layer.kernel, self.dtype), tf.constant(layer.bias, self.dtype))
-                         for layer in self.layers if layer.type == "conv"}
+        self._weights = weights or {
+            layer.name: (tf.constant(layer.kernel, self.dtype), tf.constant(layer.bias, self.dtype))
+            for layer in self.layers if layer.type == "conv"}
         self._blocks, block = [], []
         for layer in self.layers:  # blocks end at each pooling layer
             block.append(layer)
