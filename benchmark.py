@@ -13,7 +13,8 @@ Speed does not depend on the weights' values, so without --network the benchmark
            iterations gives an objective value; the fast preset's time to reach it (re-evaluated
            in float32 at full size), and the ratio of the two times;
   startup  seconds from the command to the first iteration of neural_style.py with a .mat of
-           the real size.
+           the real size;
+  feedforward  fast_style.py: seconds to stylize a 512x512 image, training steps per second.
 """
 import argparse
 import dataclasses
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLE_CONTENT = ROOT / "examples" / "chelsea.jpg"
 EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
 RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"
-SECTIONS = ("steps", "memory", "quality", "startup")
+SECTIONS = ("steps", "memory", "quality", "startup", "feedforward")
 
 
 def main(argv=None):
@@ -77,6 +78,8 @@ def main(argv=None):
                                              args.reference_iterations)
     if "startup" in sections:
         results["startup"] = startup(network_path, args)
+    if "feedforward" in sections:
+        results["feedforward"] = feedforward_speed(network, precisions, args.quick)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"\n(written to {args.json})")
@@ -130,7 +133,7 @@ def step_times(network, content, style, sizes, precisions, repeats):
     rows = []
     base = settings_for_preset("writeup")
     for size in sizes:
-        c = fit(content, size)
+        c = images.resize(content, size * 3 // 4, size)  # 4:3, as 512x384 in the targets
         for precision in precisions:
             for optimizer in ("adam", "lbfgs"):
                 s = dataclasses.replace(base, optimizer=optimizer, precision=precision, recompute=False,
@@ -242,6 +245,25 @@ def startup(network_path, args):
     return {"seconds": round(seconds, 2), "network_mb": round(size_mb)}
 
 
+# ---- fast style transfer ----------------------------------------------------------------------
+
+def feedforward_speed(network, precisions, quick):
+    """Seconds to stylize a 512x512 image with Johnson's network (per precision), and training steps
+    per second at 256 px, batch 4, with `network` as the loss network."""
+    import feedforward
+    size, widths, steps = (64, (8, 8, 8), 2) if quick else (512, feedforward.JOHNSON_WIDTHS, 5)
+    rows = [{"what": f"stylize {size}x{size}", "precision": precision,
+             **feedforward.benchmark_stylize(size, precision=precision, widths=widths,
+                                             repeats=3 if quick else 10)}
+            for precision in precisions]
+    training = feedforward.benchmark_training(network, image_size=size // 2, batch_size=4, steps=steps,
+                                              widths=widths)
+    rows.append({"what": f"training steps/s at {size // 2} px, batch 4", "precision": "float32", **training})
+    for row in rows:
+        print(f"  feedforward {row}", file=sys.stderr)
+    return rows
+
+
 def table(results):
     lines = [f"machine: {results['machine']}", f"network: {results['network']}"]
     if "steps" in results:
@@ -262,6 +284,14 @@ def table(results):
         lines += ["", f"time to quality at {q['size']}: write-up recipe {q['reference_iterations']} "
                       f"iterations {q['reference_seconds']:.1f} s (objective {q['target_loss']:.4g}); "
                       f"fast preset ({q['fast_recipe']}) {fast} s; ratio {speedup}"]
+    if "feedforward" in results:
+        lines += ["", "| fast style transfer | precision | median | best |", "|---|---|---|---|"]
+        for r in results["feedforward"]:
+            if "median" in r:
+                lines.append(f"| {r['what']} (s) | {r['precision']} | {r['median']:.3f} | {r['best']:.3f} |")
+            else:
+                lines.append(f"| {r['what']} | {r['precision']} | {r['steps_per_second']:.3f} | "
+                             f"{r['best_steps_per_second']:.3f} |")
     if "startup" in results:
         s = results["startup"]
         lines += ["", f"start-up to the first iteration with a {s['network_mb']} MB .mat: {s['seconds']} s"]

@@ -135,7 +135,7 @@ def test_fast_preset_is_the_writeup_objective_with_faster_machinery():
 
 def test_benchmark_quick_runs_every_section(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,memory,quality,startup"]) == 0
+    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,memory,quality,startup,feedforward"]) == 0
     results = json.loads(out.read_text())
     steps = results["steps"]
     assert {(r["precision"], r["optimizer"]) for r in steps} >= {("float32", "adam"), ("float32", "lbfgs")}
@@ -144,4 +144,5 @@ def test_benchmark_quick_runs_every_section(tmp_path, capsys):
     quality = results["quality"]
     assert quality["reference_seconds"] > 0 and quality["target_loss"] > 0
     assert results["startup"]["seconds"] > 0
+    assert results["feedforward"][0]["median"] > 0 and results["feedforward"][-1]["steps_per_second"] > 0
     assert "Adam step" in capsys.readouterr().out
