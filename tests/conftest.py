@@ -29,6 +29,12 @@ def tiny_network(tiny_mat):
     return vgg.load(tiny_mat)
 
 
+@pytest.fixture(scope="session")
+def tiny16(tmp_path_factory):
+    """A VGG16-shaped network (the paper's layers for fast style transfer) with a few channels."""
+    return write_tiny(tmp_path_factory.mktemp("net16") / "tiny-vgg16.mat", blocks=vgg.VGG16_BLOCKS)
+
+
 def smooth_image(height, width, seed=0):
     """A photo-like test image: smooth colour gradients plus a few shapes."""
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ import feedforward
 import images
 import transformer
 import vgg
-from conftest import smooth_image, stripes_image, write_tiny
+from conftest import smooth_image, stripes_image
 from quiet_tf import tf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +26,6 @@ TINY = ["--widths", "8,8,8", "--image-size", "32", "--batch-size", "4"]
 
 def cli(*args):
     return fast_style.main([str(a) for a in args])
-
-
-@pytest.fixture(scope="session")
-def tiny16(tmp_path_factory):
-    """A VGG16-shaped network (the paper's layers) with a few channels."""
-    return write_tiny(tmp_path_factory.mktemp("net16") / "tiny-vgg16.mat", blocks=vgg.VGG16_BLOCKS)
 
 
 @pytest.fixture(scope="session")

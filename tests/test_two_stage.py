@@ -15,7 +15,7 @@ import images
 import progress
 import transformer
 import vgg
-from conftest import smooth_image, stripes_image, write_tiny
+from conftest import smooth_image, stripes_image
 from errors import UserError
 from quiet_tf import tf
 
@@ -25,11 +25,6 @@ STAGES = ["--encoder", "vgg:relu3_1", "--stage1-steps", "2", "--stage2-steps", "
 
 def cli(*args):
     return fast_style.main([str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def tiny16(tmp_path_factory):
-    return write_tiny(tmp_path_factory.mktemp("net16") / "tiny-vgg16.mat", blocks=vgg.VGG16_BLOCKS)
 
 
 @pytest.fixture(scope="module")
