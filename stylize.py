@@ -174,17 +174,23 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
     # A coarse scale too small for the deepest layer is skipped; the full size is checked below.
     min_size = max(network.min_size(name) for name in layers)
     plan = [step for step in plan[:-1] if min(step[0]) >= min_size] + plan[-1:]
-    nets = {}  # one network per precision/memory mode, shared by the scales
+    nets = {}  # one network per precision and memory mode, shared by the scales
+
+    def net_for(precision, height, width):
+        recompute = settings.recompute
+        if recompute == "auto":
+            recompute = _needs_recompute(network, layers, height, width, precision)
+        if (precision, recompute) not in nets:
+            nets[precision, recompute] = VGG(network, layers, pooling=settings.pooling, dtype=precision,
+                                             recompute=recompute)
+        return nets[precision, recompute]
+
+    # L-BFGS in reduced precision goes on in float32 once rounding noise stops it (_lbfgs).
+    reduced = resolve_precision(settings.precision) != "float32"
     report = _Reporter(monitor, sum(iterations for _, iterations in plan))
     image = None
     for i, ((height, width), iterations) in enumerate(plan):
-        recompute = settings.recompute
-        if recompute == "auto":
-            recompute = _needs_recompute(network, layers, height, width, settings.precision)
-        if recompute not in nets:
-            nets[recompute] = VGG(network, layers, pooling=settings.pooling, dtype=settings.precision,
-                                  recompute=recompute)
-        net = nets[recompute]
+        net = net_for(settings.precision, height, width)
         scaled_content = images.resize(content, height, width)
         long_side = max(1, round(settings.style_scale * max(height, width)))
         scaled_styles = [images.fit_long_side(style, long_side) for style in styles]
@@ -194,6 +200,10 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         scaled_masks = masks and [None if mask is None else images.resize_mask(mask, height, width)
                                   for mask in masks]
         objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+        exact = None
+        if reduced and settings.optimizer == "lbfgs":
+            exact = lambda: Objective(net_for("float32", height, width), scaled_content, scaled_styles,
+                                      blend, settings, scaled_masks)
         if image is None:
             start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
         else:
@@ -204,8 +214,10 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         report.next_scale(finish, first=i == 0)
         # Later scales begin with an evaluation of the upsampled image: it counts as an iteration.
         steps = iterations if i == 0 else iterations - 1
-        optimise = _adam if settings.optimizer == "adam" else _lbfgs
-        image, done, status = optimise(objective, np.clip(start, 0.0, 255.0), steps, settings, report)
+        if settings.optimizer == "adam":
+            image, done, status = _adam(objective, np.clip(start, 0.0, 255.0), steps, settings, report)
+        else:
+            image, done, status = _lbfgs(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
         if status != "done":
             break
     return Result(report.finish(image), report.iteration_of(done), status)
@@ -335,26 +347,33 @@ class _Stop(Exception):
     """Raised inside the L-BFGS objective to end scipy's loop."""
 
 
-def _lbfgs(objective, start, iterations, settings, report):
+def _lbfgs(objective, start, iterations, report, exact=None):
     """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation.
-    Returns the image with the lowest loss seen, its iteration and the status."""
+
+    In reduced precision the loss carries rounding noise, and L-BFGS stops by itself once a line
+    search can no longer tell a decrease from that noise (at about the 450th evaluation of a 512 px
+    run in bfloat16). `exact()`, if given, builds the float32 objective that takes over from there.
+    Returns the image with the lowest loss seen, its iteration and the status.
+    """
     shape = (1,) + start.shape
 
-    @tf.function
-    def loss_and_gradient(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            terms = objective.terms(x)
-            total = objective.total(terms)
-        return terms, total, tape.gradient(total, x)
+    def compiled(objective):
+        @tf.function
+        def loss_and_gradient(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                terms = objective.terms(x)
+                total = objective.total(terms)
+            return terms, total, tape.gradient(total, x)
+        return loss_and_gradient
 
     state = {"iteration": -1, "best": start.astype(np.float64).ravel(), "best_loss": np.inf,
-             "best_iteration": 0, "status": "done"}
+             "best_iteration": 0, "status": "done", "evaluate": compiled(objective)}
 
     def fun(x):
         if state["iteration"] >= iterations:
             raise _Stop
-        terms, total, gradient = loss_and_gradient(tf.constant(x.reshape(shape), tf.float32))
+        terms, total, gradient = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
         state["iteration"] += 1
         total = float(total)
         if not np.isfinite(total):
@@ -369,15 +388,19 @@ def _lbfgs(objective, start, iterations, settings, report):
         return total, gradient.numpy().astype(np.float64).ravel()
 
     try:
-        # scipy ends early when a line search fails (rounding noise in a reduced-precision loss can
-        # do that): start again from the best image with a fresh history while iterations remain.
+        # scipy also ends when a line search finds no decrease: start again from the best image with
+        # a fresh history (in float32, after reduced precision) while that still makes progress.
         while state["iteration"] < iterations:
-            before = state["iteration"]
+            best_before = state["best_loss"]
             scipy.optimize.minimize(fun, state["best"], jac=True, method="L-BFGS-B",
                                     bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
                                     options={"maxiter": iterations, "maxfun": iterations + 1,
                                              "ftol": 0.0, "gtol": 0.0})
-            if state["iteration"] - before <= 2:
+            if exact is not None:
+                # The float32 loss of the best image is its first evaluation there: compare from it.
+                state.update(evaluate=compiled(exact()), best_loss=np.inf)
+                exact = None
+            elif state["best_loss"] >= best_before:
                 break
     except _Stop:
         pass

@@ -59,6 +59,51 @@ def small_settings(**changes):
     return dataclasses.replace(stylize.Settings(**base), **changes)
 
 
+class Quadratic:
+    """An ill-conditioned quadratic over an 8x8 image, with the objective's interface. With `step`,
+    its value is rounded to multiples of it (the gradient stays exact): the rounding noise of reduced
+    precision, which stops L-BFGS's line search once the decrease per step is below it."""
+
+    def __init__(self, step=None):
+        self.step, self.calls = step, 0
+        self.scale = tf.constant(np.logspace(0, 3, 8 * 8 * 3).reshape(1, 8, 8, 3), tf.float32)
+
+    def terms(self, x):
+        self.calls += 1  # counted while tracing: how often a compiled function was built for it
+        value = tf.reduce_sum(self.scale * tf.square(x - 100.0))
+        if self.step:
+            value += tf.stop_gradient(tf.round(value / self.step) * self.step - value)
+        return tf.stack([value, 0.0, 0.0])
+
+    def total(self, terms):
+        return terms[0]
+
+    def exact_loss(self, image):
+        return float(np.sum(self.scale.numpy()[0] * np.square(image - 100.0)))
+
+
+START = np.random.default_rng(0).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+
+
+def test_lbfgs_goes_on_in_float32_when_rounding_noise_stops_it():
+    keep_going = lambda *args: True
+    rounded_only, _, _ = stylize._lbfgs(Quadratic(step=1e3), START, 300, keep_going)
+    exact = Quadratic()
+    handed_over, _, status = stylize._lbfgs(Quadratic(step=1e3), START, 300, keep_going,
+                                            exact=lambda: exact)
+    assert status == "done" and exact.calls > 0
+    # The rounded loss cannot see below about 500; the exact one takes the image far below.
+    assert exact.exact_loss(rounded_only) > 100.0
+    assert exact.exact_loss(handed_over) < 1e-2 * exact.exact_loss(rounded_only)
+
+
+def test_lbfgs_stops_once_a_fresh_start_makes_no_progress():
+    evaluations = []
+    image, _, status = stylize._lbfgs(Quadratic(), START, 5000, lambda *a: evaluations.append(a) or True)
+    assert status == "done" and len(evaluations) < 5000
+    assert Quadratic().exact_loss(image) < 1e-3
+
+
 def test_coarse_to_fine_numbers_iterations_across_scales(tiny_network):
     seen = []
 
@@ -130,7 +175,7 @@ def test_fast_preset_is_the_writeup_objective_with_faster_machinery():
     assert (fast.content_weight, fast.style_weight) == (writeup.content_weight, writeup.style_weight)
     assert fast.precision == "auto" and writeup.precision == "float32"
     assert settings_for_preset("gatys2016").precision == "float32"
-    assert fast.scales[-1][0] == 1.0 and len(fast.scales) > 1
+    assert fast.optimizer == "lbfgs" and writeup.optimizer == "adam"
 
 
 def test_benchmark_quick_runs_every_section(tmp_path, capsys):
