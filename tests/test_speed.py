@@ -1,6 +1,9 @@
 """The speed and memory levers: reduced precision, recomputation, coarse-to-fine, the benchmark."""
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +194,14 @@ def test_benchmark_quick_runs_every_section(tmp_path, capsys):
     assert results["startup"]["seconds"] > 0
     assert results["feedforward"][0]["median"] > 0 and results["feedforward"][-1]["steps_per_second"] > 0
     assert "Adam step" in capsys.readouterr().out
+
+
+def test_memory_probe_reports_its_own_peak_not_its_parents():
+    held = bytearray(2 * 2 ** 30)  # this process's peak is now over 2 GB
+    held[::4096] = b"x" * len(range(0, len(held), 4096))  # touch every page: resident
+    code = "import benchmark; print(benchmark.peak_rss_kb())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(benchmark.__file__).parent, check=True)
+    del held
+    child_peak_gb = int(done.stdout.split()[-1]) / 2 ** 20
+    assert 0.05 < child_peak_gb < 1.5  # TensorFlow's import, not the 2 GB it never held
