@@ -347,13 +347,18 @@ class _Stop(Exception):
     """Raised inside the L-BFGS objective to end scipy's loop."""
 
 
+class _HandOver(Exception):
+    """Raised inside the L-BFGS objective when a reduced-precision loss overflows."""
+
+
 def _lbfgs(objective, start, iterations, report, exact=None):
     """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation.
 
     In reduced precision the loss carries rounding noise, and L-BFGS stops by itself once a line
     search can no longer tell a decrease from that noise (at about the 450th evaluation of a 512 px
-    run in bfloat16). `exact()`, if given, builds the float32 objective that takes over from there.
-    Returns the image with the lowest loss seen, its iteration and the status.
+    run in bfloat16), or overflows (float16's range is small). `exact()`, if given, builds the
+    float32 objective that takes over from there. Returns the image with the lowest loss seen, its
+    iteration and the status.
     """
     shape = (1,) + start.shape
 
@@ -368,17 +373,19 @@ def _lbfgs(objective, start, iterations, report, exact=None):
         return loss_and_gradient
 
     state = {"iteration": -1, "best": start.astype(np.float64).ravel(), "best_loss": np.inf,
-             "best_iteration": 0, "status": "done", "evaluate": compiled(objective)}
+             "best_iteration": 0, "status": "done", "evaluate": compiled(objective), "exact": exact}
 
     def fun(x):
         if state["iteration"] >= iterations:
             raise _Stop
         terms, total, gradient = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
-        state["iteration"] += 1
         total = float(total)
         if not np.isfinite(total):
+            if state["exact"] is not None:
+                raise _HandOver
             state["status"] = "diverged"
             raise _Stop
+        state["iteration"] += 1
         if total < state["best_loss"]:
             state.update(best=x.copy(), best_loss=total, best_iteration=state["iteration"])
         if not report(state["iteration"], terms.numpy(), total,
@@ -392,14 +399,16 @@ def _lbfgs(objective, start, iterations, report, exact=None):
         # a fresh history (in float32, after reduced precision) while that still makes progress.
         while state["iteration"] < iterations:
             best_before = state["best_loss"]
-            scipy.optimize.minimize(fun, state["best"], jac=True, method="L-BFGS-B",
-                                    bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
-                                    options={"maxiter": iterations, "maxfun": iterations + 1,
-                                             "ftol": 0.0, "gtol": 0.0})
-            if exact is not None:
+            try:
+                scipy.optimize.minimize(fun, state["best"], jac=True, method="L-BFGS-B",
+                                        bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
+                                        options={"maxiter": iterations, "maxfun": iterations + 1,
+                                                 "ftol": 0.0, "gtol": 0.0})
+            except _HandOver:
+                pass
+            if state["exact"] is not None:
                 # The float32 loss of the best image is its first evaluation there: compare from it.
-                state.update(evaluate=compiled(exact()), best_loss=np.inf)
-                exact = None
+                state.update(evaluate=compiled(state["exact"]()), exact=None, best_loss=np.inf)
             elif state["best_loss"] >= best_before:
                 break
     except _Stop:

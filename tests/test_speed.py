@@ -100,6 +100,25 @@ def test_lbfgs_goes_on_in_float32_when_rounding_noise_stops_it():
     assert exact.exact_loss(handed_over) < 1e-2 * exact.exact_loss(rounded_only)
 
 
+class Overflowing(Quadratic):
+    """The quadratic, but infinite once the image comes near its minimum: float16's small range."""
+
+    def terms(self, x):
+        terms = super().terms(x)
+        return tf.where(terms[0] < 1e4, np.inf, terms)
+
+
+def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows():
+    seen = []
+    exact = Quadratic()
+    image, _, status = stylize._lbfgs(Overflowing(), START, 200, lambda i, *a: seen.append(i) or True,
+                                      exact=lambda: exact)
+    assert status == "done" and exact.exact_loss(image) < 1.0
+    assert seen == list(range(len(seen)))  # the overflowing evaluation is no iteration
+    without, _, status = stylize._lbfgs(Overflowing(), START, 200, lambda *a: True)
+    assert status == "diverged" and exact.exact_loss(without) >= 1e4
+
+
 def test_lbfgs_stops_once_a_fresh_start_makes_no_progress():
     evaluations = []
     image, _, status = stylize._lbfgs(Quadratic(), START, 5000, lambda *a: evaluations.append(a) or True)
