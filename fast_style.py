@@ -13,7 +13,7 @@ from pathlib import Path
 
 import progress
 from errors import UserError
-from vgg import parse_layers
+from vgg import PRECISIONS, parse_layers
 
 # The options that define a training: --resume takes them from the model folder.
 DEFINING = ("style", "data", "network", "variant", "widths", "content_layers", "style_layers",
@@ -58,6 +58,10 @@ def parse_args(argv):
     stylize.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     stylize.add_argument("--preserve-colors", action="store_true", help="keep the input's colours")
     stylize.add_argument("--batch-size", type=int, default=4, help="images or frames per pass")
+    stylize.add_argument("--precision", choices=PRECISIONS, default="float32",
+                         help="the network's arithmetic (default float32: the exported network); a "
+                         "reduced one rebuilds it from the model folder's checkpoint. auto: bfloat16 on "
+                         "a CPU with native bfloat16, float16 on a GPU, else float32")
 
     export = commands.add_parser("export", help="write saved_model/ and model.tflite from the latest "
                                  "checkpoint")
@@ -233,7 +237,7 @@ def run_stylize(args):
     elif not is_video:
         import images
         images.check_writable(output, args.overwrite)
-    stylizer = feedforward.Stylizer(args.model)
+    stylizer = feedforward.Stylizer(args.model, args.precision)
     line = progress.LiveLine()
     try:
         if source.is_dir():

@@ -1,6 +1,7 @@
 """fast_style.py on tiny data made here: a few generated images, a tiny VGG16-shaped .mat, a network
 of 8 channels, 32 px crops. Training, resuming, export, stylizing images, folders and videos, errors."""
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -300,16 +301,39 @@ def test_a_video_round_trips_with_its_frame_rate_and_sound(trained, tmp_path, wi
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+def test_stylize_in_bfloat16_rebuilds_the_network_from_its_checkpoint(trained, tmp_path):
+    photo = images.save_image(tmp_path / "photo.png", smooth_image(40, 52, seed=5))
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        outputs[precision] = tmp_path / f"{precision}.png"
+        assert cli("stylize", "--model", trained, "--input", photo, "--output", outputs[precision],
+                   "--precision", precision) == 0
+    assert feedforward.Stylizer(trained, "bfloat16").precision == "bfloat16"
+    exported, reduced = (images.load_image(outputs[p]) for p in ("float32", "bfloat16"))
+    difference = np.abs(exported - reduced)
+    assert 0 < difference.max() and difference.mean() < 3.0  # rounding, not another network
+
+
+def test_a_bare_saved_model_runs_in_float32_only(trained, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(Path(trained) / feedforward.SAVED_MODEL, bare)
+    assert feedforward.Stylizer(bare, "auto").precision == "float32"
+    photo = images.save_image(tmp_path / "photo.png", smooth_image(40, 52))
+    assert cli("stylize", "--model", bare, "--input", photo, "--output", tmp_path / "out.png",
+               "--precision", "bfloat16") == 1
+    assert "--precision bfloat16 rebuilds the network from the checkpoints" in capsys.readouterr().err
+
+
 def test_an_image_too_large_for_memory_is_stylized_smaller(trained, monkeypatch):
     stylizer = feedforward.Stylizer(trained)
-    serve = stylizer.serve
+    run = stylizer.run
 
     def limited(images):
         if images.shape[1] * images.shape[2] > 600:
             raise tf.errors.ResourceExhaustedError(None, None, "out of memory")
-        return serve(images=images)
+        return run(images)
 
-    monkeypatch.setattr(stylizer, "serve", limited)
+    monkeypatch.setattr(stylizer, "run", limited)
     result = stylizer(np.stack([smooth_image(40, 60, seed=i) for i in range(2)]))
     assert result.shape == (2, 40, 60, 3) and stylizer.reduced
 
