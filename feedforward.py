@@ -616,9 +616,8 @@ class Stylizer:
         model = Path(model)
         path = model if (model / "saved_model.pb").is_file() else model / SAVED_MODEL
         dtype = vgg.resolve_precision(precision)
-        checkpointed = (model / SETTINGS_FILE).is_file() and \
-            tf.train.latest_checkpoint(model / CHECKPOINTS) is not None
-        if dtype != "float32" and not checkpointed:
+        if dtype != "float32" and not ((model / SETTINGS_FILE).is_file() and
+                                       tf.train.latest_checkpoint(model / CHECKPOINTS)):
             if precision != "auto":
                 raise UserError(f"--precision {precision} rebuilds the network from the checkpoints of "
                                 f"a model folder, and {model} has none; leave --precision out to run "

@@ -1,8 +1,8 @@
 """fast_style.py on tiny data made here: a few generated images, a tiny VGG16-shaped .mat, a network
 of 8 channels, 32 px crops. Training, resuming, export, stylizing images, folders and videos, errors."""
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
