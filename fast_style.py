@@ -28,7 +28,7 @@ STUDY_DEFAULTS = {"image_size": 32, "encoder": "vgg:relu3_1", "stage1_steps": 30
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="fast_style.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="See README.md for the defaults and the model folder.")
+                                     epilog="See docs/fast_style.md for the defaults and the model folder.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a network for one style into a model folder")

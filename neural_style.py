@@ -46,7 +46,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="neural_style.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0],
-        epilog="Each option left out takes the preset's value; see README.md for the presets.")
+        epilog="Each option left out takes the preset's value; see docs/neural_style.md for the presets.")
     io = parser.add_argument_group("images")
     io.add_argument("--content", required=True, type=Path, help="the photo to render")
     io.add_argument("--style", required=True, type=Path, nargs="+", help="one or more style images")
