@@ -13,7 +13,8 @@ from pathlib import Path
 
 import progress
 from errors import UserError
-from vgg import PRECISIONS, parse_layers
+from presets import parse_layers
+from vgg import PRECISIONS
 
 # The options that define a training: --resume takes them from the model folder.
 DEFINING = ("style", "data", "network", "variant", "widths", "content_layers", "style_layers",

@@ -23,7 +23,7 @@ import images
 import progress
 import vgg
 from errors import UserError
-from neural_style import settings_for_preset
+from presets import settings_for_preset
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 PAPER_NAMES = {name: name.replace("relu", "conv") for name in STYLE_LAYERS}  # the paper's labels

@@ -16,31 +16,8 @@ import images
 import progress
 import vgg
 from errors import UserError
-from stylize import Settings, stylize
-
-PRESETS = {
-    "writeup": {
-        "content_layers": "relu5_2",
-        "style_layers": "relu1_1:0.5,relu2_1:1.0,relu3_1:1.5,relu4_1:3.0,relu5_1:4.0",
-        "content_weight": 5.0, "style_weight": 100.0, "tv_weight": 0.0,
-        "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000, "scales": "1",
-        "init": "blend", "noise_ratio": 0.75, "pooling": "avg", "max_size": 512,
-        "precision": "float32", "normalize_network": False,
-    },
-    "gatys2016": {
-        "content_layers": "relu4_2",
-        "style_layers": "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
-        "content_weight": 1.0, "style_weight": 1000.0, "tv_weight": 0.0,  # alpha/beta = 1e-3
-        "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000, "scales": "1",
-        "init": "noise", "noise_ratio": 1.0, "pooling": "avg", "max_size": 512,
-        "precision": "float32", "normalize_network": True,
-    },
-}
-# The everyday recipe: the write-up's objective, reached as fast as this project can. Measured
-# (README, "Speed"): L-BFGS at one scale beat Adam and coarse-to-fine scales, and bfloat16 (where the
-# CPU has it) with a float32 finish beat float32 alone.
-PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=600, precision="auto")
-
+from presets import PRESETS, parse_layers, parse_scales, settings_for_preset
+from stylize import stylize
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
@@ -109,39 +86,16 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def parse_scales(spec):
-    """'0.25:300,0.5,1' -> ((0.25, 300), (0.5, None), (1.0, None)); None means --iterations."""
-    scales = []
-    for item in (part.strip() for part in spec.split(",") if part.strip()):
-        fraction, _, count = item.partition(":")
-        try:
-            scales.append((float(fraction), int(count) if count else None))
-        except ValueError:
-            raise UserError(f"--scales: '{item}' is not fraction[:iterations], e.g. 0.5:200") from None
-    if not scales:
-        raise UserError("--scales is empty; give fractions of the output size ending with 1, e.g. 0.5,1")
-    return tuple(scales)
-
-
-def settings_for_preset(name, **overrides):
-    """A preset's Settings, with `overrides` (option names as in PRESETS) replacing its values."""
-    values = dict(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
-    extra = {key: values[key] for key in ("style_blend_weights", "style_scale", "seed", "color_control",
-                                         "style_layer_sets", "recompute") if key in values}
-    return Settings(
-        content_layers=vgg.parse_layers(values["content_layers"], "--content-layers", style=False),
-        style_layers=vgg.parse_layers(values["style_layers"], "--style-layers", style=True),
-        content_weight=values["content_weight"], style_weight=values["style_weight"],
-        tv_weight=values["tv_weight"], optimizer=values["optimizer"],
-        learning_rate=values["learning_rate"], iterations=values["iterations"], init=values["init"],
-        noise_ratio=values["noise_ratio"], pooling=values["pooling"], precision=values["precision"],
-        scales=parse_scales(values["scales"]), normalize_network=values["normalize_network"], **extra)
-
-
 def settings_from(args):
     """The preset's values, overridden by every option the user gave; and the output's long side."""
     preset = PRESETS[args.preset]
     given = {key: getattr(args, key, None) for key in preset if key != "max_size"}
+    if args.content_layers is not None:
+        given["content_layers"] = parse_layers(args.content_layers, "--content-layers", style=False)
+    if args.style_layers is not None:
+        given["style_layers"] = parse_layers(args.style_layers, "--style-layers", style=True)
+    if args.scales is not None:
+        given["scales"] = parse_scales(args.scales)
     max_size = preset["max_size"] if args.max_size is None else args.max_size
     iterations = preset["iterations"] if args.iterations is None else args.iterations
     if args.init_image is not None and args.init is None:

@@ -5,6 +5,7 @@ L-BFGS on the image, calling a monitor at every iteration with the loss terms; t
 saves checkpoints and can stop the run. The result is always an image: the last one on completion
 or interruption, the last finite one if the loss stops being finite.
 """
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ import scipy.optimize
 
 import images
 import losses
+import presets
 import vgg
 from errors import UserError
 from quiet_tf import tf
@@ -23,30 +25,35 @@ COLOR_CONTROLS = ("none", "luminance", "histogram")
 OPTIMIZERS = ("adam", "lbfgs")
 
 
+def _writeup(name):
+    """The course write-up's value of a setting: Settings' defaults are that preset."""
+    value = presets.PRESETS["writeup"][name]
+    return field(default_factory=lambda: copy.deepcopy(value))
+
+
 @dataclass
 class Settings:
-    """Everything that defines a run; the defaults are the course write-up's recipe."""
-    content_layers: dict = field(default_factory=lambda: {"relu5_2": 1.0})
-    style_layers: dict = field(default_factory=lambda: {
-        "relu1_1": 0.5, "relu2_1": 1.0, "relu3_1": 1.5, "relu4_1": 3.0, "relu5_1": 4.0})
-    content_weight: float = 5.0  # alpha
-    style_weight: float = 100.0  # beta
-    tv_weight: float = 0.0
+    """Everything that defines a run; the defaults are the course write-up's recipe (presets.py)."""
+    content_layers: dict = _writeup("content_layers")
+    style_layers: dict = _writeup("style_layers")
+    content_weight: float = _writeup("content_weight")  # alpha
+    style_weight: float = _writeup("style_weight")  # beta
+    tv_weight: float = _writeup("tv_weight")
     style_blend_weights: list | None = None  # one per style image; normalised to sum 1
     style_scale: float = 1.0  # style long side relative to the output's
-    optimizer: str = "adam"
-    learning_rate: float = 2.0
-    iterations: int = 3000
-    init: str = "blend"
-    noise_ratio: float = 0.75
+    optimizer: str = _writeup("optimizer")
+    learning_rate: float = _writeup("learning_rate")
+    iterations: int = _writeup("iterations")
+    init: str = _writeup("init")
+    noise_ratio: float = _writeup("noise_ratio")
     seed: int | None = None
-    pooling: str = "avg"
+    pooling: str = _writeup("pooling")
     color_control: str = "none"  # "luminance" (luminance-only transfer) or "histogram" (Gatys et al. 2017)
     style_layer_sets: list | None = None  # per style image, the style layers it supplies (default all)
-    precision: str = "float32"  # of the network; losses, Grams and optimiser state stay float32
-    scales: tuple = ((1.0, None),)  # (fraction of the output size, iterations or None: `iterations`)
+    precision: str = _writeup("precision")  # of the network; losses, Grams and optimiser state stay float32
+    scales: tuple = _writeup("scales")  # (fraction of the output size, iterations or None: `iterations`)
     recompute: object = "auto"  # True, False, or "auto": when activations would not fit in memory
-    normalize_network: bool = False  # Gatys et al.'s rescaled weights (vgg.normalize)
+    normalize_network: bool = _writeup("normalize_network")  # Gatys et al.'s rescaled weights (vgg.normalize)
 
 
 @dataclass

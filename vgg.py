@@ -91,24 +91,6 @@ class Network:
         return max(size, 1)
 
 
-def parse_layers(spec, option, style):
-    """'relu1_1:0.5,relu2_1' -> {'relu1_1': 0.5, 'relu2_1': ...}; an omitted weight is 1 for content
-    layers and 1/n for n style layers (the paper's w_l)."""
-    names = [item.strip() for item in spec.split(",") if item.strip()]
-    if not names:
-        raise UserError(f"{option} is empty; give layer names such as relu4_2")
-    default = 1.0 / len(names) if style else 1.0
-    layers = {}
-    for item in names:
-        name, _, weight = item.partition(":")
-        try:
-            layers[name.strip()] = float(weight) if weight else default
-        except ValueError:
-            raise UserError(f"{option}: '{weight}' in '{item}' is not a number; write name:weight, "
-                            f"e.g. relu1_1:0.5") from None
-    return layers
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading the .mat file
 

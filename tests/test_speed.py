@@ -13,7 +13,7 @@ import stylize
 import vgg
 from conftest import smooth_image, stripes_image
 from errors import UserError
-from neural_style import settings_for_preset
+from presets import settings_for_preset
 from quiet_tf import tf
 
 IMAGE = smooth_image(32, 40)[np.newaxis]

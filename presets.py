@@ -1,0 +1,75 @@
+"""The recipes: each preset's values in one place, and the grammar of layer lists and scales.
+
+A preset is a dict of `stylize.Settings` fields (plus `max_size`, the output's long side). The
+command line, `figures.py`, the benchmark and `stylize.Settings`' own defaults (the write-up) all
+read them from here, so a value is stated once. Layer names are the .mat file's own: relu4_2 is the
+output of conv4_2 after its ReLU.
+"""
+from errors import UserError
+
+
+def parse_layers(spec, option, style):
+    """'relu1_1:0.5,relu2_1' -> {'relu1_1': 0.5, 'relu2_1': ...}; an omitted weight is 1 for content
+    layers and 1/n for n style layers (the paper's w_l)."""
+    names = [item.strip() for item in spec.split(",") if item.strip()]
+    if not names:
+        raise UserError(f"{option} is empty; give layer names such as relu4_2")
+    default = 1.0 / len(names) if style else 1.0
+    layers = {}
+    for item in names:
+        name, _, weight = item.partition(":")
+        try:
+            layers[name.strip()] = float(weight) if weight else default
+        except ValueError:
+            raise UserError(f"{option}: '{weight}' in '{item}' is not a number; write name:weight, "
+                            f"e.g. relu1_1:0.5") from None
+    return layers
+
+
+def parse_scales(spec):
+    """'0.25:300,0.5,1' -> ((0.25, 300), (0.5, None), (1.0, None)); None means --iterations."""
+    scales = []
+    for item in (part.strip() for part in spec.split(",") if part.strip()):
+        fraction, _, count = item.partition(":")
+        try:
+            scales.append((float(fraction), int(count) if count else None))
+        except ValueError:
+            raise UserError(f"--scales: '{item}' is not fraction[:iterations], e.g. 0.5:200") from None
+    if not scales:
+        raise UserError("--scales is empty; give fractions of the output size ending with 1, e.g. 0.5,1")
+    return tuple(scales)
+
+
+PRESETS = {
+    # The course write-up's TF reproduction (see docs/neural_style.md, "Deviations").
+    "writeup": {
+        "content_layers": {"relu5_2": 1.0},
+        "style_layers": {"relu1_1": 0.5, "relu2_1": 1.0, "relu3_1": 1.5, "relu4_1": 3.0, "relu5_1": 4.0},
+        "content_weight": 5.0, "style_weight": 100.0, "tv_weight": 0.0,
+        "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000, "scales": ((1.0, None),),
+        "init": "blend", "noise_ratio": 0.75, "pooling": "avg", "max_size": 512,
+        "precision": "float32", "normalize_network": False,
+    },
+    # Gatys, Ecker & Bethge, CVPR 2016.
+    "gatys2016": {
+        "content_layers": {"relu4_2": 1.0},
+        "style_layers": {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")},
+        "content_weight": 1.0, "style_weight": 1000.0, "tv_weight": 0.0,  # alpha/beta = 1e-3
+        "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000, "scales": ((1.0, None),),
+        "init": "noise", "noise_ratio": 1.0, "pooling": "avg", "max_size": 512,
+        "precision": "float32", "normalize_network": True,
+    },
+}
+# The everyday recipe: the write-up's objective, reached as fast as this project can. Measured
+# (docs/speed.md): L-BFGS at one scale beat Adam and coarse-to-fine scales, and bfloat16 (where the
+# CPU has it) with a float32 finish beat float32 alone.
+PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=600, precision="auto")
+
+
+def settings_for_preset(name, **overrides):
+    """A preset's `stylize.Settings`, with `overrides` (None: keep the preset's value) replacing its
+    values."""
+    from stylize import Settings  # stylize reads its defaults from here
+    values = dict(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    values.pop("max_size")
+    return Settings(**values)
