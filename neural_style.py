@@ -75,6 +75,9 @@ def parse_args(argv):
     opt.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"),
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
                      "with native bfloat16, float16 on a GPU, else float32")
+    opt.add_argument("--lbfgs-impl", choices=("scipy", "tf"), default="scipy",
+                     help="L-BFGS implementation: scipy's L-BFGS-B on the host, or lbfgs.py on the device "
+                     "(experimental; see docs/speed.md)")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")
@@ -115,7 +118,8 @@ def settings_from(args):
         [name.strip() for name in spec.split(",") if name.strip()] for spec in args.style_layer_sets]
     settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
                                    style_scale=args.style_scale, seed=args.seed, color_control=color_control,
-                                   style_layer_sets=layer_sets, recompute=recompute)
+                                   style_layer_sets=layer_sets, recompute=recompute,
+                                   lbfgs_impl=args.lbfgs_impl)
     return settings, max_size
 
 

@@ -31,9 +31,9 @@ def run(network, monitor=None, styles=(STYLE,), **changes):
     return result, seen
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_optimisers_lower_the_loss_and_report_every_iteration(tiny_network, optimizer):
-    result, seen = run(tiny_network, optimizer=optimizer, learning_rate=5.0)
+@pytest.mark.parametrize("optimizer,impl", [("adam", "tf"), ("lbfgs", "tf"), ("lbfgs", "scipy")])
+def test_optimisers_lower_the_loss_and_report_every_iteration(tiny_network, optimizer, impl):
+    result, seen = run(tiny_network, optimizer=optimizer, learning_rate=5.0, lbfgs_impl=impl)
     assert result.status == "done"
     assert [p.iteration for p in seen] == list(range(13))  # iteration 0 is the initial image
     assert seen[-1].total_loss < 0.5 * seen[0].total_loss
@@ -172,3 +172,8 @@ def test_image_too_small_for_the_deepest_layer(tiny_network):
     assert "content image is 40x10" in str(error.value)
     with pytest.raises(UserError, match="style image"):
         stylize.stylize(tiny_network, CONTENT, [STYLE], settings(style_scale=0.2))
+
+
+def test_unknown_lbfgs_implementation_is_a_user_error(tiny_network):
+    with pytest.raises(UserError, match="L-BFGS implementation"):
+        run(tiny_network, optimizer="lbfgs", lbfgs_impl="cuda")
