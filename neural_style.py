@@ -20,6 +20,11 @@ from presets import PRESETS, parse_layers, parse_scales, settings_for_preset
 from stylize import stylize
 
 def parse_args(argv):
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
+    """The command line's options; studio.py builds its runs with the same parser."""
     parser = argparse.ArgumentParser(
         prog="neural_style.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0],
@@ -83,7 +88,7 @@ def parse_args(argv):
     out.add_argument("--checkpoint-every", type=int, default=0,
                      help="also save the image every N iterations as OUTPUT_00100.png, ...")
     out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
-    return parser.parse_args(argv)
+    return parser
 
 
 def settings_from(args):
