@@ -666,7 +666,7 @@ def create_app(studio, allowed_hosts=("127.0.0.1", "localhost", "[::1]")):
         if name not in RUN_FILES or not path.is_file():
             raise HTTPException(404, "no such file")
         attachment = request.query_params.get("download")
-        return FileResponse(path, media_type=RUN_FILES[name], headers={"Cache-Control": "no-store"},
+        return FileResponse(path, media_type=RUN_FILES[name], headers={"Cache-Control": "no-cache"},
                             filename=f"{run_id}-{name}" if attachment else None)
 
     async def events(request):
@@ -829,6 +829,9 @@ def main(argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # uvicorn passes Ctrl-C on once it has shut the studio down
+        print("studio stopped", file=sys.stderr)
+        return 0
 
 
 if __name__ == "__main__":
