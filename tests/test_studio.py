@@ -333,7 +333,7 @@ def test_the_command_line_refuses_a_busy_port(capsys, tmp_path):
 def start_server(tmp_path, network, *extra):
     """`python studio.py` in a subprocess; returns (process, the URL it printed)."""
     process = subprocess.Popen([sys.executable, str(ROOT / "studio.py"), "--port", "0", "--runs", str(tmp_path / "runs"),
-                                "--network", str(network), "--models", str(tmp_path / "models"), *extra],
+                                "--network", str(network), *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     line = process.stdout.readline()
     assert line.startswith("studio at http://127.0.0.1:"), line + process.stderr.read()
@@ -369,18 +369,20 @@ def chromium():
 
 
 @pytest.mark.skipif(chromium() is None, reason="no chromium and chromedriver installed (.ci/run installs them)")
-def test_the_page_runs_a_style_transfer_in_a_real_browser(tmp_path, tiny_mat):
-    """Upload two images, start a run, watch progress and the final image appear; a screenshot is
-    left in the test's folder (and copied to $STUDIO_SCREENSHOT when set)."""
+def test_the_page_runs_a_style_transfer_in_a_real_browser(tmp_path, tiny_mat, trained_model):
+    """Upload two images, start a run, watch progress and the final image appear; stylize a frame of
+    Chromium's fake webcam with a trained model. A screenshot is left in the test's folder (and
+    copied to $STUDIO_SCREENSHOT when set)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     content = images.save_image(tmp_path / "cat.png", images.resize(images.load_image(ROOT / "examples" / "chelsea.jpg"), 100, 150))
     style = images.save_image(tmp_path / "swirls.png", images.resize(images.load_image(ROOT / "examples" / "swirls.jpg"), 96, 128))
-    process, url = start_server(tmp_path, tiny_mat, "--snapshot-seconds", "0.2")
+    process, url = start_server(tmp_path, tiny_mat, "--snapshot-seconds", "0.2", "--models", str(trained_model))
     options = webdriver.ChromeOptions()
     options.binary_location = chromium()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1900"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1900",
+                     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
     try:
@@ -404,6 +406,13 @@ def test_the_page_runs_a_style_transfer_in_a_real_browser(tmp_path, tiny_mat):
         assert driver.execute_script("return document.getElementById('run-image').naturalWidth") == 150
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery .card img"))
         assert not driver.find_element(By.ID, "error").is_displayed()
+
+        driver.find_element(By.ID, "webcam").click()  # Chromium's fake camera: a moving test pattern
+        wait.until(lambda d: d.execute_script("return document.getElementById('video').videoWidth > 0"))
+        driver.find_element(By.ID, "snap").click()
+        wait.until(lambda d: d.execute_script(
+            "const i = document.getElementById('fast-result'); return !i.hidden && i.complete && i.naturalWidth"))
+        assert not driver.find_element(By.ID, "fast-error").is_displayed()
         shot = tmp_path / "studio.png"
         driver.save_screenshot(str(shot))
         if os.environ.get("STUDIO_SCREENSHOT"):
