@@ -170,7 +170,9 @@ def test_stop_keeps_the_current_image(pair):
     run = start_run(client, content, style, **ENDLESS)
     events(client, run["id"], until=lambda event: event.get("iteration", 0) >= 3)
     assert client.post(f"/api/runs/{run['id']}/stop").status_code == 200
-    final = finish(client, run["id"])
+    reloaded = events(client, run["id"])  # as a reloaded page sees it: the whole loss curve again
+    assert [row[0] for event in reloaded for row in event["records"]][:4] == [0, 1, 2, 3]
+    final = reloaded[-1]
     assert final["state"] == "interrupted" and 3 <= final["iteration"] < final["total"]
     assert Image.open(io.BytesIO(client.get(f"/api/runs/{run['id']}/files/result.png").content)).size == (48, 40)
 
