@@ -95,7 +95,7 @@ def mean_style_loss(features, target_gram):
 def tutorial_total_variation_loss(images):
     """tf.image.total_variation of the image in 0..1, as the TF tutorial optimises it: the sum of the
     absolute differences between neighbouring pixels (images here are 0..255, hence the 1/255)."""
-    return tf.reduce_sum(tf.image.total_variation(images / 255.0))
+    return tf.reduce_sum(tf.image.total_variation(tf.convert_to_tensor(images) / 255.0))
 
 
 @dataclass(frozen=True)
