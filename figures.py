@@ -197,9 +197,7 @@ def render(args, network, content, style_images, tiles, grid):
                 line.show(f"tile {number}/{len(todo)} {tile.name}: iteration {state.iteration}/"
                           f"{state.total_iterations}  total loss {state.total_loss:.4g}",
                           keep=state.iteration % 100 == 0 or state.iteration == state.total_iterations)
-                if stop:
-                    stop.shield()
-                return not stop
+                return not stop.should_stop()
             try:
                 result = stylize(network, content, tile.styles, tile.settings, monitor)
             finally:

@@ -156,10 +156,7 @@ class Monitor:
                 f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
         self.line.show(text, keep=keep)
-        if self.stop_request:
-            self.stop_request.shield()  # the run stops here: a second Ctrl-C must not cut the save
-            return False
-        return True
+        return not self.stop_request.should_stop()  # stopping: a second Ctrl-C must not cut the save
 
     def _warn(self, text):
         self.line.close()

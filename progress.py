@@ -80,6 +80,12 @@ class StopRequest:
     def shield(self):
         self.shielded = True
 
+    def should_stop(self):
+        """True once a stop was requested; from then on a Ctrl-C no longer cuts the save short."""
+        if self.requested:
+            self.shield()
+        return self.requested
+
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
