@@ -724,20 +724,23 @@ def _check_size(image, source):
 
 def folder_outputs(source, output):
     """{input image: output path}, mirroring the folder's layout; an output keeps the input's format
-    where it can be written, else becomes PNG."""
-    pairs, taken = {}, set()
-    for path in find_images(source, "input folder"):
-        target = Path(output) / path.relative_to(source)
-        if target.suffix.lower() not in images.WRITABLE:
-            target = target.with_suffix(".png")
-        if target in taken:  # photo.png and photo.gif: the second keeps its format in its name
+    where it can be written, else becomes PNG, under a name of its own: two inputs never share an
+    output."""
+    paths = find_images(source, "input folder")
+    mirrored = {path: Path(output) / path.relative_to(source) for path in paths}
+    kept = {path: target for path, target in mirrored.items() if target.suffix.lower() in images.WRITABLE}
+    taken = set(kept.values())
+    converted = {}
+    for path in (path for path in paths if path not in kept):
+        target = mirrored[path].with_suffix(".png")
+        if target in taken:  # photo.png and photo.gif: the GIF's result is photo_gif.png
             target = target.with_name(f"{path.stem}_{path.suffix.lstrip('.').lower()}.png")
-        number = 1
+        first, number = target, 1
         while target in taken:
-            target, number = target.with_name(f"{path.stem}_{number}{target.suffix}"), number + 1
+            target, number = first.with_name(f"{first.stem}_{number}.png"), number + 1
         taken.add(target)
-        pairs[path] = target
-    return pairs
+        converted[path] = target
+    return {path: kept.get(path) or converted[path] for path in paths}
 
 
 def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,

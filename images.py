@@ -39,14 +39,14 @@ def load_image(path, what="image"):
         raise
     except PermissionError:
         raise UserError(f"{what} {path} cannot be read: permission denied") from None
-    except Image.DecompressionBombError:
-        raise UserError(f"{what} {path} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million "
-                        f"pixels, more than this program decodes (a guard against decompression bombs); "
-                        f"scale it down first") from None
     except MemoryError:
         raise UserError(f"{what} {path} is too large to decode in the memory available; scale it down "
                         f"first") from None
     except Exception as error:
+        if _caused_by(error, Image.DecompressionBombError):  # imageio wraps Pillow's error
+            raise UserError(f"{what} {path} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million "
+                            f"pixels, more than this program decodes (a guard against decompression "
+                            f"bombs); scale it down first") from None
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if "truncated" in reason.lower():
             raise UserError(f"{what} {path} is truncated or corrupt ({reason})") from None
@@ -55,6 +55,14 @@ def load_image(path, what="image"):
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise UserError(f"{what} {path} is empty ({image.shape[1]}x{image.shape[0]} px)")
     return image
+
+
+def _caused_by(error, kind):
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _source(path, what):
