@@ -612,7 +612,7 @@ def restore_intact(checkpoint, folder, check=lambda status: status):
     for number, path in enumerate(candidates):
         try:
             check(checkpoint.restore(path))
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
+        except Exception as error:  # TensorFlow raises OpError, IndexError, ValueError, AssertionError
             reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
             print(f"note: checkpoint {path} is damaged ({reason}); trying an earlier one", file=sys.stderr)
             continue
@@ -778,6 +778,14 @@ def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, pres
     return written, skipped
 
 
+def _until_unreadable(frames, broken):
+    """The frames that ffmpeg can decode; a decoding error ends them (and is noted in `broken`)."""
+    try:
+        yield from frames
+    except (RuntimeError, OSError) as error:
+        broken.append(error)
+
+
 class TruncatedVideo(Exception):
     """Fewer frames than the video's header promises: the output holds the ones that could be read."""
 
@@ -797,9 +805,7 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
         raise UserError(f"input video {source} does not exist")
     if output.suffix.lower() not in VIDEO_EXTENSIONS:
         raise UserError(f"output {output} needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
-    if output.exists() and not overwrite:
-        raise UserError(f"output {output} already exists; pass --overwrite to replace it or choose "
-                        f"another name")
+    files.check_new(output, overwrite)
     try:
         frames = imageio_ffmpeg.read_frames(str(source))
         meta = next(frames)
@@ -827,8 +833,8 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
             count += len(batch)
             report(f"frame {count}/{expected}")
 
-        batch = []
-        for raw in frames:
+        batch, broken = [], []
+        for raw in _until_unreadable(frames, broken):
             batch.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(np.float32))
             if len(batch) == batch_size:
                 write(batch)
@@ -837,7 +843,7 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
             write(batch)
         writer.close()
         os.replace(temporary, output)
-        if isinstance(expected, int) and count < expected - 1:  # rounding of the duration: 1 frame
+        if broken or (isinstance(expected, int) and count < expected - 1):  # rounding: 1 frame
             raise TruncatedVideo(count, expected)
     except BaseException:
         writer.close()

@@ -6,8 +6,11 @@
 
 Every run uses the gatys2016 preset (the normalised network, L-BFGS, white noise, relu4_2 content
 layer, average pooling) unless an option says otherwise. Each tile is written to OUT/tiles/ with its
-exact settings beside it (JSON) and reused when it exists, so an interrupted figure continues where
-it stopped; the grid is OUT/<figure>.png, with OUT/<figure>.json recording every tile.
+exact settings beside it (JSON), under a name keyed by what it is made from (every setting and the
+SHA-256 of the content, the styles and the network), and reused when it exists, so an interrupted
+figure continues where it stopped and a changed input makes a new tile; a diverged or interrupted
+tile is never taken for a finished one. The grid is OUT/<figure>.png, with OUT/<figure>.json
+recording every tile.
 """
 import argparse
 import dataclasses
