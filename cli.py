@@ -79,22 +79,20 @@ def _number(kind, low=None, high=None, low_open=False, words=""):
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not {'a whole number' if kind is int else 'a number'}")
         if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number{words}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be a finite number ({words}), not {text}")
         if (low is not None and (value < low or (low_open and value == low))) or \
                 (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {words.strip() or 'in range'}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be {words}, not {text}")
         return value
-    parse.__name__ = words.strip() or kind.__name__  # argparse names the type in some messages
+    parse.__name__ = words or kind.__name__  # argparse names the type in some messages
     return parse
 
 
-positive_int = _number(int, 1, words=" a positive number")
-nonnegative_int = _number(int, 0, words=" 0 or a positive number")
-finite_float = _number(float)
-positive_float = _number(float, 0.0, low_open=True, words=" a positive number")
-nonnegative_float = _number(float, 0.0, words=" 0 or a positive number")
-fraction = _number(float, 0.0, 1.0, words=" between 0 and 1")
-seed = _number(int, 0, 2 ** 32 - 1, words=" a whole number from 0 to 4294967295 (leave --seed out "
+positive_int = _number(int, 1, words="a positive number")
+nonnegative_int = _number(int, 0, words="0 or a positive number")
+positive_float = _number(float, 0.0, low_open=True, words="positive")
+nonnegative_float = _number(float, 0.0, words="0 or a positive number")
+seed = _number(int, 0, 2 ** 32 - 1, words="a whole number from 0 to 4294967295 (leave --seed out "
                "for a random start)")
 
 

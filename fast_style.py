@@ -203,7 +203,7 @@ def run_train(args):
                                        overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                                        preview_every=args.preview_every,
                                        print_every=args.print_every, devices=devices,
-                                       stop=stop_request.should_stop, report=line.show)
+                                       stop=lambda: bool(stop_request), report=line.show)
         finally:
             line.close()
     if result.unreadable:
@@ -307,7 +307,7 @@ def run_study(args):
             result = digits.run_study(args.out, study, network, resume=args.resume, overwrite=args.overwrite,
                                       checkpoint_every=args.checkpoint_every,
                                       preview_every=args.preview_every, print_every=args.print_every,
-                                      stop=stop_request.should_stop, report=line.show)
+                                      stop=lambda: bool(stop_request), report=line.show)
         finally:
             line.close()
     if result.status == "diverged":
