@@ -507,7 +507,7 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         step = int(training.step.numpy())
         clock = clock or time.perf_counter()  # from the end of the first step, which also compiles
         if chief:
-            log.write(step, stage, terms, total)
+            log.write(step, stage, terms, total)  # a failing write is a warning (LossLog)
             done = step - start_step - 1  # timed steps
             elapsed, left = progress.eta(clock, done, total_steps - start_step - 1)
             speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
@@ -517,7 +517,11 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         if step % checkpoint_every == 0:
             checkpoints.save()
         if chief and step % preview_every == 0:
-            save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
+            try:
+                save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
+            except OSError as error:
+                print(f"\nwarning: the preview of step {step} could not be written "
+                      f"({files.describe(error)}); training goes on", file=sys.stderr)
     if status != "diverged":
         checkpoints.save()
     if not chief:
@@ -546,8 +550,12 @@ class LossLog:
 
     def write(self, step, stage, terms, total):
         values = {name: float(value) for name, value in terms.items()}
-        with open(self.path, "a") as log:
-            log.write(json.dumps({"step": step, "stage": stage, **values, "total": float(total)}) + "\n")
+        try:
+            with open(self.path, "a") as log:
+                log.write(json.dumps({"step": step, "stage": stage, **values, "total": float(total)}) + "\n")
+        except OSError as error:  # the checkpoints matter more: warn once a step, go on
+            print(f"\nwarning: {self.path} could not be written ({files.describe(error)}); training "
+                  f"goes on", file=sys.stderr)
 
 
 def read_losses(model_dir):

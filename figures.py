@@ -23,7 +23,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 import cli
-import download
 import files
 import images
 import progress
@@ -149,14 +148,15 @@ class Tile:
     styles: list  # the style images (arrays)
     style_paths: list = None  # their files, for the record and the key
 
-    def record(self, args, network, hashes):
-        """What the tile is made from: the key is every setting and the SHA-256 of the content, the
-        style files and the network, so a changed image or a same-named painting elsewhere is a new
-        tile; the paths are for people reading the JSON."""
+    def record(self, args, network, content):
+        """What the tile is made from: the key is every setting and the SHA-256 of the content's and
+        the styles' pixels and of the network file, so a changed image or a same-named painting
+        elsewhere is a new tile; the paths are for people reading the JSON."""
         paths = self.style_paths or [Path(p) for p in (args.style if isinstance(args.style, list) else [args.style])]
         key = {"settings": dataclasses.asdict(self.settings), "max_size": args.max_size,
                "network_sha256": network.sha256, "normalization": network.normalization,
-               "content_sha256": hashes(args.content), "styles_sha256": [hashes(p) for p in paths]}
+               "content_sha256": _pixels_sha256(content),
+               "styles_sha256": [_pixels_sha256(style) for style in self.styles]}
         return {"name": self.name, **key, "content": str(args.content), "network": network.path,
                 "styles": [str(p) for p in paths]}, key
 
@@ -183,10 +183,9 @@ def render(args, network, content, style_images, tiles, grid):
         files.remove(leftover)
     todo = [tile for row in tiles for tile in row]
     results, records = {}, []
-    hashes = _file_hashes()
     with progress.graceful_interrupt("stopping after this iteration; finished tiles are kept") as stop:
         for number, tile in enumerate(todo, start=1):
-            record, key = tile.record(args, network, hashes)
+            record, key = tile.record(args, network, content)
             path = tile.path(folder, key)
             records.append({**record, "file": str(path.relative_to(args.out))})
             reused = _finished_tile(path)
@@ -231,16 +230,10 @@ def render(args, network, content, style_images, tiles, grid):
     return 0
 
 
-def _file_hashes():
-    """path -> SHA-256 of the file's bytes, each file read once."""
-    known = {}
-
-    def sha256(path):
-        path = Path(path)
-        if path not in known:
-            known[path] = download.file_sha256(path)
-        return known[path]
-    return sha256
+def _pixels_sha256(image):
+    """SHA-256 of an image as read (its size and pixels): what a tile sees of the file."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
 
 
 def _finished_tile(path):
