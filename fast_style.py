@@ -255,15 +255,17 @@ def run_stylize(args):
             print(f"stylized {written} images into {output}")
         elif is_video:
             try:
-                count = feedforward.stylize_video(stylizer, source, output, args.batch_size,
-                                                  args.overwrite, args.preserve_colors, line.show)
+                count, written = feedforward.stylize_video(stylizer, source, output, args.batch_size,
+                                                           args.overwrite, args.preserve_colors, line.show)
             except feedforward.TruncatedVideo as short:
                 line.close()
                 print(f"warning: {source} ended after {short.count} of the {short.expected} frames its "
-                      f"header promises (a truncated file?); {output} holds those {short.count}",
+                      f"header promises (a truncated file?); {short.path} holds those {short.count}",
                       file=sys.stderr)
                 return 1
             line.close()
+            if written != output:
+                return 1  # the warning said where the video went
             print(f"stylized {count} frames into {output}")
         else:
             saved, failure = feedforward.stylize_image(stylizer, source, output, args.overwrite,

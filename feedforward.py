@@ -786,6 +786,20 @@ def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, pres
     return written, skipped
 
 
+def _move_finished(temporary, output):
+    """Rename a finished video into place; where that fails, it stays beside it under a name that
+    says so (its frames are on disk already) and a warning names it. Returns where it is."""
+    try:
+        os.replace(temporary, output)
+        return output
+    except OSError as error:
+        fallback = output.with_name(f"{output.stem}.unsaved-{os.getpid()}{output.suffix}")
+        os.replace(temporary, fallback)
+        print(f"warning: the video could not be written to {output} ({files.describe(error)}); it is "
+              f"saved as {fallback} instead", file=sys.stderr)
+        return fallback
+
+
 def _until_unreadable(frames, broken):
     """The frames that ffmpeg can decode; a decoding error ends them (and is noted in `broken`)."""
     try:
@@ -797,15 +811,16 @@ def _until_unreadable(frames, broken):
 class TruncatedVideo(Exception):
     """Fewer frames than the video's header promises: the output holds the ones that could be read."""
 
-    def __init__(self, count, expected):
+    def __init__(self, count, expected, path):
         super().__init__(f"{count} of {expected} frames")
-        self.count, self.expected = count, expected
+        self.count, self.expected, self.path = count, expected, path
 
 
 def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
                   report=lambda line: None):
-    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count.
-    The video is written beside `output` and renamed when complete, as images are."""
+    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count
+    and the path written. The video is written beside `output` and renamed when complete, as images
+    are (to a fallback name beside it when that rename fails)."""
     import imageio_ffmpeg  # only videos need it
 
     source, output = Path(source), Path(output)
@@ -850,15 +865,15 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
         if batch:
             write(batch)
         writer.close()
-        os.replace(temporary, output)
+        output = _move_finished(temporary, output)
         if broken or (isinstance(expected, int) and count < expected - 1):  # rounding: 1 frame
-            raise TruncatedVideo(count, expected)
+            raise TruncatedVideo(count, expected, output)
     except BaseException:
         writer.close()
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
-    return count
+    return count, output
 
 
 # ---------------------------------------------------------------------------------------------

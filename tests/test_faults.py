@@ -390,6 +390,17 @@ def truncated_video(monkeypatch, places):
     path.write_bytes(data[:moov // 3] + b"\x00" * (moov - moov // 3) + data[moov:])
 
 
+def video_rename_fails(monkeypatch, places):
+    truncated_video(monkeypatch, places)
+    real = os.replace
+
+    def replace(source, target):
+        if Path(target).name == "out.mp4":
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(source, target)
+    monkeypatch.setattr(feedforward.os, "replace", replace)
+
+
 def stylize_row(*argv, **kwargs):
     return Row(["stylize", "--model", "{model}", *argv], **kwargs)
 
@@ -418,6 +429,9 @@ FAST_STYLE = [
     stylize_row("--input", "{tmp}/clip.mp4", "--output", "{tmp}/out.mp4", status=1,
                 message="frames its header promises", fault=truncated_video, exist=["{tmp}/out.mp4"],
                 absent=["{tmp}/.out*"]),
+    stylize_row("--input", "{tmp}/clip.mp4", "--output", "{tmp}/out.mp4", status=1,
+                message="it is saved as", fault=video_rename_fails, absent=["{tmp}/out.mp4", "{tmp}/.out*"],
+                exist=[f"{{tmp}}/out.unsaved-{os.getpid()}.mp4"]),
     Row(["export", "--model", "{model}"], 0, "using the earlier intact checkpoint",
         fault=damaged_latest_checkpoint, exist=["{model}/saved_model/saved_model.pb"]),
     Row(["export", "--model", "{model}"], 1, "every checkpoint in", fault=damaged_every_checkpoint),
