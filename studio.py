@@ -28,6 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
+import files
 from errors import UserError
 
 ROOT = Path(__file__).resolve().parent
@@ -59,20 +60,6 @@ UPLOAD_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "BMP": ".bmp", 
                    "WEBP": ".webp", "MPO": ".jpg"}
 
 
-def _write_json(path, data):
-    """Write atomically: a reader (or a crash) never sees half a file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(data, out, indent=2, default=str)
-            out.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _read_json(path, default=None):
     try:
         return json.loads(Path(path).read_text())
@@ -99,15 +86,7 @@ def plot_losses(records, path):
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    handle, temporary = tempfile.mkstemp(prefix=".losses.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    files.write_atomic(path, lambda temporary: figure.savefig(temporary, format="png"))
 
 
 def run_options(fields):
@@ -148,20 +127,28 @@ def command(inputs, options):
 
 
 def parse_run(folder, inputs, options):
-    """neural_style.py's arguments and settings for a run whose images are in `folder`, checked as
-    the command line checks them; a UserError holds the message it would print."""
+    """neural_style.py's arguments and settings for a run whose images are in `folder`, parsed as
+    the command line parses them; a UserError holds the message it would print."""
     import neural_style
-    import stylize
     parser = neural_style.build_parser()
 
-    def fail(message):
-        raise UserError(message)
+    def fail(status=0, message=""):
+        raise UserError(message.strip().removeprefix(f"{parser.prog}: error: "))
 
-    parser.error = fail  # the command line prints the message and exits; the page shows it
+    # The command line prints its usage and the message, and exits; the page shows the message.
+    parser.print_usage, parser.exit = lambda file=None: None, fail
     args = parser.parse_args(_in_folder(folder, command(inputs, options)[2:]))
     settings, max_size = neural_style.settings_from(args)
-    stylize._check_settings(settings, len(inputs["styles"]))  # what stylize() checks first
     return args, settings, max_size
+
+
+def load_run_inputs(args, settings, max_size):
+    """The content and styles as neural_style.py loads them, checked as it checks them before it
+    loads the network."""
+    import neural_style
+    content, styles = neural_style.load_inputs(args, max_size)
+    neural_style.check_inputs(settings, content, styles)
+    return content, styles
 
 
 def _in_folder(folder, argv):
@@ -194,7 +181,7 @@ class Run:
 
     def save_status(self, **changes):
         self.status.update(changes)
-        _write_json(self.folder / "status.json", self.status)
+        files.write_json(self.folder / "status.json", self.status)
 
     def loss_records(self):
         if self.records is not None:
@@ -361,7 +348,7 @@ class Studio:
             os.replace(path, final)
         meta = {"id": upload_id, "name": name, "file": final.name,
                 "width": array.shape[1], "height": array.shape[0]}
-        _write_json(self.uploads_dir / f"{upload_id}.json", meta)
+        files.write_json(self.uploads_dir / f"{upload_id}.json", meta)
         return {"id": upload_id, "name": name, "example": False, "width": meta["width"],
                 "height": meta["height"]}
 
@@ -389,11 +376,14 @@ class Studio:
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
         folder = self.runs_dir / run_id
         args, settings, max_size = parse_run(folder, inputs, options)  # before anything is written
+        sources_args = argparse.Namespace(**vars(args))
+        sources_args.content, sources_args.style = sources[0][0], [path for path, _ in sources[1:]]
+        load_run_inputs(sources_args, settings, max_size)
         folder.mkdir()
         for (path, _), item in zip(sources, [inputs["content"], *inputs["styles"]]):
             shutil.copyfile(path, folder / item["file"])
         network = self.network_path.name if self.network_path else "the default (weights/)"
-        _write_json(folder / "settings.json", {
+        files.write_json(folder / "settings.json", {
             "id": run_id, "command": shlex.join(command(inputs, options)), "options": options,
             "inputs": inputs, "network": network, "max_size": max_size,
             "settings": dataclasses.asdict(settings)})
@@ -505,13 +495,15 @@ class Studio:
         from stylize import stylize
         saved = run.saved()
         args, settings, max_size = parse_run(run.folder, saved["inputs"], saved["options"])
-        content = images.cap_long_side(images.load_image(args.content, "content image"), max_size)
-        styles = [images.load_image(path, "style image") for path in args.style]
+        content, styles = load_run_inputs(args, settings, max_size)
         monitor = RunMonitor(self, run, self.snapshot_seconds)
         try:
             result = stylize(self.network(), content, styles, settings, monitor)
         finally:
             monitor.close()
+        if result.image is None:
+            raise UserError("the loss is not finite at the starting image, so there is nothing to keep; "
+                            "lower the loss weights or the learning rate, or try precision float32")
         images.save_image(run.folder / "result.png", result.image)
         if run.records:
             plot_losses(run.records, run.folder / "losses.png")
@@ -542,8 +534,14 @@ class Studio:
             with self._stylizer_lock:  # one at a time: each pass uses every core
                 if name not in self._stylizers:
                     self._stylizers[name] = feedforward.Stylizer(self.models_dir / name)
-                output = feedforward.stylize_image(self._stylizers[name], source, Path(scratch) / "out.png",
-                                                   overwrite=True, preserve_colors=preserve_colors)
+                try:
+                    output, failure = feedforward.stylize_image(
+                        self._stylizers[name], source, Path(scratch) / "out.png", overwrite=True,
+                        preserve_colors=preserve_colors)
+                except UserError as error:  # e.g. too small for the network: name no server path
+                    raise UserError(str(error).replace(f"input image {source}", "the image")) from None
+            if failure is not None:
+                raise UserError(f"the stylized image could not be written ({failure})")
             return output.read_bytes()
 
 

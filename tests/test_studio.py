@@ -136,19 +136,37 @@ def test_the_command_in_settings_reproduces_the_run_from_a_terminal(pair, tiny_m
     assert np.abs(images.load_image(tmp_path / "cli.png") - images.load_image(folder / "result.png")).max() <= 1
 
 
+@pytest.mark.parametrize("settings", [
+    {"iterations": -3}, {"iterations": "many"}, {"preset": "picasso"}, {"style_weight": "1e"},
+    {"noise_ratio": 2}, {"style_weight": "nan"}, {"style_blend_weights": [1, 2]}, {"init": "image"},
+    {"style_layers": "relu1_1:x"}, {"scales": "0.5,0.25"},
+])
+def test_settings_the_command_line_rejects_start_no_run_with_its_message(pair, tmp_path, capsys, settings):
+    import neural_style
+    client, content, style = pair
+    response = client.post("/api/runs", json={"content": content, "styles": [style], "settings": settings})
+    assert response.status_code == 400
+    message = response.json()["error"]
+    photo = images.save_image(tmp_path / "photo.png", smooth_image(40, 48))
+    painting = images.save_image(tmp_path / "painting.png", stripes_image(44, 44))
+    options = studio.run_options({**QUICK, **settings})
+    try:
+        neural_style.main(["--content", str(photo), "--style", str(painting), "--output", str(tmp_path / "out.png"),
+                           *options])
+    except SystemExit:
+        pass
+    assert message and message in capsys.readouterr().err  # the command line's own words
+    assert client.get("/api/runs").json() == []
+
+
 @pytest.mark.parametrize("settings, message", [
-    ({"iterations": -3}, "--iterations must be a positive number"),
-    ({"iterations": "many"}, "invalid int value: 'many'"),
-    ({"preset": "picasso"}, "invalid choice: 'picasso'"),
-    ({"style_weight": "1e"}, "invalid float value"),
-    ({"noise_ratio": 2}, "noise ratio must be between 0 and 1"),
-    ({"style_blend_weights": [1, 2]}, "2 style blend weights given for 1 style image"),
     ({"network": "/etc/passwd"}, "the studio has no setting 'network'"),
     ({"output": "/tmp/x.png"}, "the studio has no setting 'output'"),
     ({"iterations": [1, 2]}, "iterations takes one value"),
     ({"normalize_network": "yes"}, "normalize_network is true or false"),
+    ({"style_blend_weights": "a b"}, "style_blend_weights takes numbers"),
 ])
-def test_settings_the_command_line_rejects_start_no_run(pair, settings, message):
+def test_settings_the_page_has_no_field_for_are_refused(pair, settings, message):
     client, content, style = pair
     response = client.post("/api/runs", json={"content": content, "styles": [style], "settings": settings})
     assert response.status_code == 400 and message in response.json()["error"]
@@ -316,6 +334,8 @@ def test_a_trained_model_stylizes_an_upload_in_one_pass(tmp_path, tiny_mat, trai
         assert Image.open(io.BytesIO(response.content)).size == (52, 36)
         bad = client.post("/api/models/stripes/stylize", content=b"garbage")
         assert bad.status_code == 400 and "not an image" in bad.json()["error"]
+        small = client.post("/api/models/stripes/stylize", content=png(smooth_image(2, 30)))
+        assert small.status_code == 400 and small.json()["error"].startswith("the image is 30x2 px")
         assert client.post("/api/models/..hidden/stylize", content=png(smooth_image(36, 52))).status_code == 404
         assert client.post("/api/models/..%2F..%2Fx/stylize", content=png(smooth_image(36, 52))).status_code == 404
 
