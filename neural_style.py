@@ -2,25 +2,34 @@
 
     python neural_style.py --content photo.jpg --style painting.jpg --output result.png
 
-Presets: writeup (default: the course write-up's TF reproduction), gatys2016 (the CVPR paper) and
-fast (everyday use); every option below overrides its preset. Layer names are the .mat file's own: relu4_2 is the
+Presets: writeup (default: the course write-up's TF reproduction, corrected; --writeup-exact for its
+code to the letter), gatys2016 (the CVPR paper), keras (the Keras example), tf-tutorial (the
+TensorFlow tutorial) and fast (everyday use); every option below overrides its preset. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+import cli
+import files
 import images
 import progress
 import vgg
 from errors import UserError
-from presets import PRESETS, parse_layers, parse_scales, settings_for_preset
-from stylize import stylize
+from presets import IMAGE_SIZING, PRESETS, parse_layers, parse_scales, settings_for_preset
+from stylize import check_inputs, stylize
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
+    """The command line's options; studio.py builds its runs with the same parser."""
+    parser = cli.ArgumentParser(
         prog="neural_style.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0],
         epilog="Each option left out takes the preset's value; see docs/neural_style.md for the presets.")
@@ -29,11 +38,11 @@ def parse_args(argv):
     io.add_argument("--style", required=True, type=Path, nargs="+", help="one or more style images")
     io.add_argument("--output", required=True, type=Path, help="where to write the result (.png, .jpg)")
     io.add_argument("--overwrite", action="store_true", help="replace --output (and --progress-file) if it exists")
-    io.add_argument("--max-size", type=int, help="long side of the output in px; a larger content image "
+    io.add_argument("--max-size", type=cli.positive_int, help="long side of the output in px; a larger content image "
                     "is scaled down (default 512)")
-    io.add_argument("--style-scale", type=float, default=1.0, help="style image long side relative to "
+    io.add_argument("--style-scale", type=cli.positive_float, default=1.0, help="style image long side relative to "
                     "the output's (default 1.0)")
-    io.add_argument("--style-blend-weights", type=float, nargs="+",
+    io.add_argument("--style-blend-weights", type=cli.nonnegative_float, nargs="+",
                     help="one weight per style image (normalised to sum 1; default equal)")
     io.add_argument("--preserve-colors", action="store_true",
                     help="luminance-only transfer: keep the content's colours (= --color-control luminance)")
@@ -47,8 +56,16 @@ def parse_args(argv):
                     "first style with the coarse scale of the second")
     loss = parser.add_argument_group("objective")
     loss.add_argument("--preset", choices=sorted(PRESETS), default="writeup",
-                      help="writeup (default: the course write-up), gatys2016 (the CVPR paper) or "
+                      help="writeup (default: the course write-up), gatys2016 (the CVPR paper), keras "
+                      "(keras/examples/neural_style_transfer.py), tf-tutorial (the TensorFlow tutorial) or "
                       "fast (the write-up's objective, reached quickly: everyday use)")
+    loss.add_argument("--writeup-exact", action="store_true",
+                      help="the write-up's code to the letter, mistakes included (double mean subtraction "
+                      "with BGR, style stretched to the content's size, native size, truncation, a JPEG "
+                      "every 100 iterations); only with --preset writeup")
+    loss.add_argument("--loss-units", choices=("printed", "keras", "tf-tutorial"),
+                      help="whose loss formulas: the paper's as printed (writeup, gatys2016, fast), the "
+                      "Keras example's or the TF tutorial's (see docs/neural_style.md)")
     loss.add_argument("--network", type=Path, help="the MatConvNet VGG .mat file (default: "
                       "weights/imagenet-vgg-verydeep-19.mat, downloaded on first use)")
     loss.add_argument("--normalize-network", action=argparse.BooleanOptionalAction,
@@ -57,19 +74,28 @@ def parse_args(argv):
     loss.add_argument("--content-layers", help="comma-separated layer names, each optionally name:weight")
     loss.add_argument("--style-layers", help="comma-separated, e.g. relu1_1:0.5,relu2_1:1.0 (a layer "
                       "without a weight gets 1/number of style layers)")
-    loss.add_argument("--content-weight", type=float, help="alpha")
-    loss.add_argument("--style-weight", type=float, help="beta")
-    loss.add_argument("--tv-weight", type=float, help="total variation weight")
+    loss.add_argument("--content-weight", type=cli.nonnegative_float, help="alpha")
+    loss.add_argument("--style-weight", type=cli.nonnegative_float, help="beta")
+    loss.add_argument("--tv-weight", type=cli.nonnegative_float, help="total variation weight")
     loss.add_argument("--pooling", choices=("avg", "max"), help="replace max pooling by average pooling")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=("adam", "lbfgs"))
-    opt.add_argument("--iterations", type=int, help="Adam steps, or L-BFGS loss evaluations")
-    opt.add_argument("--learning-rate", type=float, help="Adam's step size")
+    opt.add_argument("--iterations", type=cli.positive_int, help="Adam steps, or L-BFGS loss evaluations")
+    opt.add_argument("--learning-rate", type=cli.positive_float, help="Adam's step size")
+    opt.add_argument("--adam-beta1", type=float, help="Adam's beta1, at least 0 and below 1 (default 0.9; "
+                     "tf-tutorial 0.99)")
+    opt.add_argument("--adam-epsilon", type=cli.positive_float, help="Adam's epsilon, outside the square "
+                     "root, in pixel values 0..255 (default 1e-8; tf-tutorial 0.1/255)")
+    opt.add_argument("--lbfgs-round", type=cli.positive_int, help="L-BFGS evaluations before its history "
+                     "is dropped and it starts afresh (keras: 20; default never)")
+    opt.add_argument("--clip-image", action=argparse.BooleanOptionalAction,
+                     help="keep the image in 0..255 while optimising (default on; off in keras, whose "
+                     "L-BFGS was unbounded)")
     opt.add_argument("--init", choices=("blend", "noise", "content", "style", "image"),
                      help="blend: noise mixed with the content (write-up); noise: white noise")
     opt.add_argument("--init-image", type=Path, help="start from this image (implies --init image)")
     opt.add_argument("--noise-ratio", type=float, help="share of noise in the blend init (0..1)")
-    opt.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    opt.add_argument("--seed", type=cli.seed, help="random seed, for repeatable runs")
     opt.add_argument("--scales", help="coarse to fine: fractions of the output size, each optionally "
                      "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
     opt.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"),
@@ -82,17 +108,18 @@ def parse_args(argv):
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")
     out = parser.add_argument_group("progress")
-    out.add_argument("--print-every", type=int, default=100, help="keep a progress line every N iterations")
-    out.add_argument("--checkpoint-every", type=int, default=0,
+    out.add_argument("--print-every", type=cli.positive_int, default=100, help="keep a progress line every N iterations")
+    out.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=0,
                      help="also save the image every N iterations as OUTPUT_00100.png, ...")
     out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
-    return parser.parse_args(argv)
+    return parser
 
 
 def settings_from(args):
     """The preset's values, overridden by every option the user gave; and the output's long side."""
     preset = PRESETS[args.preset]
-    given = {key: getattr(args, key, None) for key in preset if key != "max_size"}
+    options = set(preset) | {"loss_units", "adam_beta1", "adam_epsilon", "lbfgs_round", "clip_image"}
+    given = {key: getattr(args, key, None) for key in options - set(IMAGE_SIZING)}
     if args.content_layers is not None:
         given["content_layers"] = parse_layers(args.content_layers, "--content-layers", style=False)
     if args.style_layers is not None:
@@ -100,15 +127,14 @@ def settings_from(args):
     if args.scales is not None:
         given["scales"] = parse_scales(args.scales)
     max_size = preset["max_size"] if args.max_size is None else args.max_size
-    iterations = preset["iterations"] if args.iterations is None else args.iterations
     if args.init_image is not None and args.init is None:
         given["init"] = "image"
-    for value, option in ((max_size, "--max-size"), (iterations, "--iterations"),
-                          (args.print_every, "--print-every")):
-        if value < 1:
-            raise UserError(f"{option} must be a positive number, not {value}")
-    if args.checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every must be 0 (off) or positive, not {args.checkpoint_every}")
+    if args.writeup_exact and args.preset != "writeup":
+        raise UserError(f"--writeup-exact reproduces the write-up's code; it cannot be combined with "
+                        f"--preset {args.preset}")
+    if args.writeup_exact and args.max_size is not None:
+        raise UserError("--writeup-exact uses the content at its native size, as the write-up did; "
+                        "leave out --max-size (resize the photo itself instead)")
     recompute = {"auto": "auto", "on": True, "off": False}[args.recompute]
     if args.preserve_colors and args.color_control not in (None, "luminance"):
         raise UserError("--preserve-colors is luminance-only transfer; it cannot be combined with "
@@ -119,64 +145,139 @@ def settings_from(args):
     settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
                                    style_scale=args.style_scale, seed=args.seed, color_control=color_control,
                                    style_layer_sets=layer_sets, recompute=recompute,
-                                   lbfgs_impl=args.lbfgs_impl)
+                                   lbfgs_impl=args.lbfgs_impl,
+                                   writeup_exact=args.writeup_exact or None)
     return settings, max_size
 
 
-class Monitor:
-    """Shows progress, writes the progress file and the checkpoints, and relays a stop request."""
+def load_inputs(args, max_size):
+    """The content and style images at the size the preset's source used: the content's long side
+    capped at `max_size`; for keras, 400 px high and the style stretched to the content's size (both
+    nearest neighbour, as its load_img(target_size) did); with --writeup-exact the content as it is
+    (stylize stretches the styles to it)."""
+    preset = PRESETS[args.preset]
+    content = images.load_image(args.content, "content image")
+    styles = [images.load_image(path, "style image") for path in args.style]
+    if args.writeup_exact:
+        return content, styles
+    height = preset.get("height") if args.max_size is None else None
+    if height:
+        rows, cols = content.shape[:2]
+        content = images.resize_nearest(content, height, max(1, int(cols * height / rows)))
+    else:
+        content = images.cap_long_side(content, max_size)
+    if preset.get("style_at_content_size"):
+        styles = [images.resize_nearest(style, *content.shape[:2]) for style in styles]
+    return content, styles
 
-    def __init__(self, args, stop_request):
-        self.args, self.stop_request = args, stop_request
+
+class Monitor:
+    """Shows progress, writes the progress file and the checkpoints, and relays a stop request.
+    A progress file or checkpoint that cannot be written is a warning: the run goes on."""
+
+    def __init__(self, args, settings, stop_request):
+        self.args, self.settings, self.stop_request = args, settings, stop_request
         self.line = progress.LiveLine()
-        self.log = open(args.progress_file, "w", buffering=1) if args.progress_file else None
+        self.log = None
+        if args.progress_file:
+            try:
+                self.log = open(args.progress_file, "w", buffering=1)
+            except OSError as error:
+                self._warn(f"the progress file {args.progress_file} cannot be opened "
+                           f"({files.describe(error)}); the run goes on without it")
         self.start = None
 
     def __call__(self, state):
         if self.start is None:
             self.start = time.perf_counter() - state.seconds
         if self.log:
-            self.log.write(json.dumps(state.as_record()) + "\n")
+            try:
+                self.log.write(json.dumps(state.as_record()) + "\n")
+            except OSError as error:
+                self._warn(f"writing the progress file {self.args.progress_file} failed "
+                           f"({files.describe(error)}); it stops here and the run goes on")
+                self._close_log()
         every = self.args.checkpoint_every
         if every and state.iteration and state.iteration % every == 0:
             output = self.args.output
             path = output.with_name(f"{output.stem}_{state.iteration:05d}{output.suffix}")
-            images.save_image(path, state.image(), overwrite=self.args.overwrite)
+            try:
+                images.save_image(path, state.image(), overwrite=self.args.overwrite)
+            except OSError as error:
+                self._warn(f"checkpoint {path} could not be written ({files.describe(error)}); the "
+                           f"run goes on")
+        if self.settings.writeup_exact and state.iteration % 100 == 1:
+            # The write-up saved a JPEG after the step of loop index i whenever i % 100 == 0.
+            output = self.args.output
+            path = output.with_name(f"{output.stem}_{state.iteration - 1}.jpg")
+            try:
+                images.save_image(path, state.image(), overwrite=self.args.overwrite)
+            except OSError as error:
+                self._warn(f"snapshot {path} could not be written ({files.describe(error)}); the run "
+                           f"goes on")
         elapsed, left = progress.eta(self.start, state.iteration, state.total_iterations)
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
                 f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}  "
                 f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
         self.line.show(text, keep=keep)
-        return not self.stop_request
+        return not self.stop_request.should_stop()  # stopping: a second Ctrl-C must not cut the save
+
+    def _warn(self, text):
+        self.line.close()
+        print(f"warning: {text}", file=sys.stderr)
+
+    def _close_log(self):
+        try:
+            self.log.close()
+        except OSError:
+            pass
+        self.log = None
 
     def close(self):
         self.line.close()
         if self.log:
-            self.log.close()
+            self._close_log()
+
+
+def check_paths(args):
+    """The output names before the long work: free (or --overwrite), writable, and never one of
+    the inputs (--overwrite would otherwise replace the user's photo with the result)."""
+    images.check_writable(args.output, args.overwrite)
+    if args.progress_file:
+        if args.progress_file.is_dir():
+            raise UserError(f"progress file {args.progress_file} is a folder; give a file name")
+        files.check_new(args.progress_file, args.overwrite, "progress file")
+    inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else [])]
+    for output in [args.output] + ([args.progress_file] if args.progress_file else []):
+        for given in inputs:
+            if output.exists() and given.exists() and os.path.samefile(output, given):
+                raise UserError(f"{output} is one of the input images ({given}); the result would "
+                                f"replace it, so choose another --output name (even with --overwrite)")
 
 
 def run(args):
     settings, max_size = settings_from(args)
-    images.check_writable(args.output, args.overwrite)
-    if args.progress_file:
-        if args.progress_file.exists() and not args.overwrite:
-            raise UserError(f"progress file {args.progress_file} already exists; pass --overwrite to "
-                            f"replace it or choose another name")
-    content = images.cap_long_side(images.load_image(args.content, "content image"), max_size)
-    styles = [images.load_image(path, "style image") for path in args.style]
+    check_paths(args)
+    content, styles = load_inputs(args, max_size)
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
     masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None
+    check_inputs(settings, content, styles, init_image, masks)  # all that needs no network
 
     network = vgg.load(args.network if args.network else vgg.ensure_default())
     with progress.graceful_interrupt() as stop_request:
-        monitor = Monitor(args, stop_request)
+        monitor = Monitor(args, settings, stop_request)
         try:
             result = stylize(network, content, styles, settings, monitor, init_image, masks)
         finally:
+            stop_request.shield()  # whatever happens next, a Ctrl-C does not stop the save
             monitor.close()
-        saved = images.save_image(args.output, result.image, overwrite=args.overwrite)
-    if saved != args.output:
+        if result.image is None:
+            raise UserError("the loss is not finite at the starting image, so there is nothing to save; "
+                            "check the loss weights and --learning-rate (a weight that is too large "
+                            "overflows float32) or try --precision float32")
+        saved, failure = images.save_result(args.output, result.image, overwrite=args.overwrite)
+    if failure is None and saved != args.output:
         print(f"{args.output} appeared during the run, so the result went to {saved}", file=sys.stderr)
     if result.status == "diverged":
         print(f"error: the loss stopped being finite after iteration {result.iterations}; the last "
@@ -187,20 +288,14 @@ def run(args):
         print(f"interrupted: the image at iteration {result.iterations} is saved as {saved}",
               file=sys.stderr)
         return 130
+    if failure is not None:
+        return 1  # the warning named where the finished image went
     print(f"saved {saved}")
     return 0
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before the run started: nothing to save
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return cli.entry(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ INITS = ("blend", "noise", "content", "style", "image")
 COLOR_CONTROLS = ("none", "luminance", "histogram")
 OPTIMIZERS = ("adam", "lbfgs")
 LBFGS_IMPLS = ("tf", "scipy")  # lbfgs.py on the device, or scipy's L-BFGS-B on the host
+LOSS_UNITS = tuple(losses.UNITS)
 
 
 def _writeup(name):
@@ -56,6 +57,12 @@ class Settings:
     scales: tuple = _writeup("scales")  # (fraction of the output size, iterations or None: `iterations`)
     recompute: object = "auto"  # True, False, or "auto": when activations would not fit in memory
     normalize_network: bool = _writeup("normalize_network")  # Gatys et al.'s rescaled weights (vgg.normalize)
+    loss_units: str = "printed"  # whose loss formulas (losses.UNITS): the paper's as printed, or a source's
+    adam_beta1: float = 0.9
+    adam_epsilon: float = 1e-8  # TF1/Keras epsilon, outside the square root
+    lbfgs_round: int | None = None  # L-BFGS evaluations before its history is dropped (Keras: 20); None: never
+    clip_image: bool = True  # keep the image in 0..255 while optimising (the write-up and Keras did not)
+    writeup_exact: bool = False  # the write-up's code to the letter, mistakes included (writeup_exact_images)
 
 
 @dataclass
@@ -95,6 +102,7 @@ class Objective:
     def __init__(self, vgg, content, styles, blend_weights, settings, masks=None):
         self.vgg = vgg
         self.content_layers = settings.content_layers
+        self.units = losses.UNITS[settings.loss_units]
         self.weights = tf.constant([settings.content_weight, settings.style_weight, settings.tv_weight],
                                    tf.float32)
         features = vgg(content[np.newaxis])
@@ -122,12 +130,13 @@ class Objective:
     def terms(self, image):
         """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
         features = self.vgg(image)
-        content = tf.add_n([weight * losses.content_loss(features[name], self.content_targets[name])
+        positions = tf.shape(image)[1] * tf.shape(image)[2]
+        content = tf.add_n([weight * self.units.content(features[name], self.content_targets[name])
                             for name, weight in self.content_layers.items()])
-        style = tf.add_n([weight * losses.style_loss(features[name] if mask is None else features[name] * mask,
-                                                     gram)
+        style = tf.add_n([weight * self.units.style(features[name] if mask is None else features[name] * mask,
+                                                    gram, positions)
                           for name, weight, gram, mask in self.style_terms])
-        return tf.stack([content, style, losses.total_variation_loss(image)])
+        return tf.stack([content, style, self.units.tv(image)])
 
     def total(self, terms):
         return tf.reduce_sum(self.weights * terms)
@@ -160,12 +169,14 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
     returning False stops the run. With several `settings.scales` the image is optimised at each
     fraction of the output size in turn, upsampled between them (coarse to fine). `masks`, one per
     style image or None, are grayscale arrays (0..1) over the output: each style applies where its
-    mask is white. Returns a Result.
+    mask is white. Returns a Result (its image None when the loss was not finite even at the
+    start).
     """
-    _check_settings(settings, len(styles))
-    _check_masks(masks, len(styles))
+    check_inputs(settings, content, styles, init_image, masks)
     blend = np.asarray(settings.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
     blend = blend / blend.sum()
+    if settings.writeup_exact:
+        content, styles = writeup_exact_images(content, styles)
     original_content = content
     if settings.color_control == "luminance":  # transfer on luminance; colours from the content
         styles = [images.match_luminance(style, content) for style in styles]
@@ -220,17 +231,26 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         colours = images.resize(original_content, height, width)
         finish = (lambda x, colours=colours: images.with_colors_of(x, colours)) \
             if settings.color_control == "luminance" else (lambda x: x)
+        if settings.writeup_exact:  # its output: the variable plus the RGB mean, truncated to uint8
+            finish = lambda x, colour=finish: np.floor(np.clip(colour(x), 0.0, 255.0))
         report.next_scale(finish, first=i == 0)
         # Later scales begin with an evaluation of the upsampled image: it counts as an iteration.
         steps = iterations if i == 0 else iterations - 1
+        clip = settings.clip_image and not settings.writeup_exact
+        start = np.clip(start, 0.0, 255.0) if clip else start
         if settings.optimizer == "adam":
-            image, done, status = _adam(objective, np.clip(start, 0.0, 255.0), steps, settings, report)
+            reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
-            run = _lbfgs_tf if settings.lbfgs_impl == "tf" else _lbfgs
-            image, done, status = run(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+            if settings.lbfgs_impl == "tf":  # lbfgs.py: always within 0..255 (its bounds)
+                reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+            else:
+                reached, done, status = _lbfgs(objective, start, steps, report, exact, clip,
+                                               settings.lbfgs_round)
+        # None: not finite from the first evaluation; a later scale keeps the earlier scale's image.
+        image = reached if reached is not None else (None if i == 0 else start)
         if status != "done":
             break
-    return Result(report.finish(image), report.iteration_of(done), status)
+    return Result(None if image is None else report.finish(image), report.iteration_of(done), status)
 
 
 class _Reporter:
@@ -312,12 +332,23 @@ def initial_image(settings, content, style, mean_pixel, init_image=None):
     return (mean + ratio * noise + (1.0 - ratio) * (content - mean)).astype(np.float32)
 
 
-def _adam(objective, start, iterations, settings, report):
-    """`iterations` Adam steps from `start`; returns (image, last iteration, status)."""
+def writeup_exact_images(content, styles):
+    """The write-up's inputs, mistakes included: each style image resized to the content's exact height
+    and width (nearest neighbour, aspect distorted), then Keras' BGR preprocessing on every image. The
+    network subtracts its RGB mean pixel once more, as the write-up's graph did; what the write-up
+    saved, that input plus the RGB mean, is then the image itself (truncated to uint8 by `stylize`)."""
+    height, width = content.shape[:2]
+    styles = [images.resize_nearest(style, height, width) for style in styles]
+    return images.keras_preprocess(content), [images.keras_preprocess(style) for style in styles]
+
+
+def _adam(objective, start, iterations, settings, report, clip=True):
+    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`); returns (image, last iteration,
+    status)."""
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
-    adam = Adam(image, settings.learning_rate)
+    adam = Adam(image, settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
 
     @tf.function
     def evaluate():
@@ -332,7 +363,8 @@ def _adam(objective, start, iterations, settings, report):
     def step():
         previous.assign(image)
         adam.apply(gradient)
-        image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
+        if clip:
+            image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()
 
     current = lambda: image.numpy()[0]
@@ -342,7 +374,7 @@ def _adam(objective, start, iterations, settings, report):
         while True:
             terms, total = terms.numpy(), float(total)
             if not np.isfinite(total):
-                return (previous.numpy()[0] if iteration else start), max(iteration - 1, 0), "diverged"
+                return (previous.numpy()[0] if iteration else None), max(iteration - 1, 0), "diverged"
             if not report(iteration, terms, total, current):
                 return current(), iteration, "interrupted"
             if iteration == iterations:
@@ -411,8 +443,11 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
     return optimizer.best.numpy()[0], best_iteration, status
 
 
-def _lbfgs(objective, start, iterations, report, exact=None):
-    """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation.
+def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_length=None):
+    """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation. The
+    image is bounded to 0..255 if `clip`; with a `round_length`, each run of scipy's optimiser gets
+    that many evaluations (its own maxfun count) and the next starts afresh, as the Keras example's
+    10 calls of fmin_l_bfgs_b(maxfun=20) do.
 
     In reduced precision the loss carries rounding noise, and L-BFGS stops by itself once a line
     search can no longer tell a decrease from that noise (at about the 450th evaluation of a 512 px
@@ -457,13 +492,13 @@ def _lbfgs(objective, start, iterations, report, exact=None):
     try:
         # scipy also ends when a line search finds no decrease: start again from the best image with
         # a fresh history (in float32, after reduced precision) while that still makes progress.
+        budget = iterations + 1 if round_length is None else round_length
         while state["iteration"] < iterations:
             best_before = state["best_loss"]
             try:
                 scipy.optimize.minimize(fun, state["best"], jac=True, method="L-BFGS-B",
-                                        bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
-                                        options={"maxiter": iterations, "maxfun": iterations + 1,
-                                                 "ftol": 0.0, "gtol": 0.0})
+                                        bounds=scipy.optimize.Bounds(0.0, 255.0) if clip else None,
+                                        options={"maxiter": budget, "maxfun": budget, "ftol": 0.0, "gtol": 0.0})
             except _HandOver:
                 pass
             if state["exact"] is not None:
@@ -475,8 +510,32 @@ def _lbfgs(objective, start, iterations, report, exact=None):
         pass
     except KeyboardInterrupt:
         state["status"] = "interrupted"
+    if not np.isfinite(state["best_loss"]) and state["status"] == "diverged":
+        return None, 0, "diverged"  # not finite from the start: no image to keep
     best = state["best"].reshape(start.shape).astype(np.float32)
     return best, state["best_iteration"], state["status"]
+
+
+MAX_STYLE_PIXELS = 4096 * 4096  # a style image scaled past this would need many GB of activations
+
+
+def check_inputs(settings, content, styles, init_image=None, masks=None):
+    """Every check that needs no network: a UserError for settings and images that cannot make a
+    result, so that a command line fails in a second rather than after loading the network."""
+    _check_settings(settings, len(styles))
+    _check_masks(masks, len(styles))
+    if settings.init == "image" and init_image is None:
+        raise UserError("--init image needs --init-image PATH")
+    long_side = max(1, round(settings.style_scale * max(content.shape[:2])))
+    for i, style in enumerate(styles):
+        height, width = style.shape[:2]
+        scale = long_side / max(height, width)
+        pixels = round(height * scale) * round(width * scale)
+        if pixels > MAX_STYLE_PIXELS:
+            raise UserError(f"--style-scale {settings.style_scale:g} makes style image {i + 1} "
+                            f"{round(width * scale)}x{round(height * scale)} px ({pixels / 1e6:.0f} "
+                            f"megapixels), more than the {MAX_STYLE_PIXELS / 1e6:.0f} this program "
+                            f"allows; lower --style-scale (1 is the output's size)")
 
 
 def _check_settings(settings, style_count):
@@ -502,8 +561,27 @@ def _check_settings(settings, style_count):
         raise UserError(f"style scale must be positive, not {settings.style_scale}")
     if not 0.0 <= settings.noise_ratio <= 1.0:
         raise UserError(f"noise ratio must be between 0 and 1, not {settings.noise_ratio}")
-    if settings.learning_rate <= 0:
-        raise UserError(f"learning rate must be positive, not {settings.learning_rate}")
+    if not settings.learning_rate > 0 or not np.isfinite(settings.learning_rate):
+        raise UserError(f"learning rate must be positive and finite, not {settings.learning_rate}")
+    for value, what in ((settings.content_weight, "content weight"), (settings.style_weight, "style weight"),
+                        (settings.tv_weight, "TV weight"), (settings.style_scale, "style scale"),
+                        (settings.noise_ratio, "noise ratio")):
+        if not np.isfinite(value) or value < 0:
+            raise UserError(f"the {what} must be finite and not negative, not {value}")
+    for layers, what in ((settings.content_layers, "content"), (settings.style_layers, "style")):
+        for name, weight in layers.items():
+            if not np.isfinite(weight) or weight < 0:
+                raise UserError(f"{what} layer {name}'s weight must be finite and not negative, not {weight}")
+    if settings.seed is not None and not 0 <= settings.seed < 2 ** 32:
+        raise UserError(f"the seed must be a whole number from 0 to 4294967295, not {settings.seed}")
+    if settings.loss_units not in LOSS_UNITS:
+        raise UserError(f"loss units must be one of {', '.join(LOSS_UNITS)}, not '{settings.loss_units}'")
+    if not 0.0 <= settings.adam_beta1 < 1.0:
+        raise UserError(f"Adam's beta1 must be at least 0 and below 1, not {settings.adam_beta1}")
+    if not 0 < settings.adam_epsilon < np.inf:
+        raise UserError(f"Adam's epsilon must be positive and finite, not {settings.adam_epsilon}")
+    if settings.lbfgs_round is not None and settings.lbfgs_round < 1:
+        raise UserError(f"L-BFGS round must be a positive number of evaluations, not {settings.lbfgs_round}")
     if not settings.content_layers or not settings.style_layers:
         raise UserError("give at least one content layer and one style layer")
     if settings.color_control not in COLOR_CONTROLS:
@@ -526,8 +604,15 @@ def _check_settings(settings, style_count):
         if len(blend) != style_count:
             raise UserError(f"{len(blend)} style blend weights given for {style_count} style "
                             f"image{'s' if style_count > 1 else ''}: give one weight per style image")
-        if any(w < 0 for w in blend) or sum(blend) <= 0:
-            raise UserError("style blend weights must be non-negative and not all zero")
+        if any(not np.isfinite(w) or w < 0 for w in blend) or sum(blend) <= 0:
+            raise UserError("style blend weights must be finite, non-negative and not all zero")
+    # Every style layer is fed by the styles whose layer set names it: some must weigh more than 0.
+    weights = blend or [1.0] * style_count
+    layer_sets = sets or [list(settings.style_layers)] * style_count
+    if not any(weights[i] > 0 for layer in settings.style_layers for i, layer_set in enumerate(layer_sets)
+               if layer in layer_set):
+        raise UserError("the style objective is empty: every style layer belongs only to styles whose "
+                        "blend weight is 0; give one of them a positive --style-blend-weights value")
 
 
 def _check_masks(masks, style_count):
