@@ -100,7 +100,8 @@ def build_parser():
                      "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
     opt.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"),
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
-                     "with native bfloat16, float16 on a GPU, else float32")
+                     "with native bfloat16, bfloat16 on a GPU of compute capability >= 8, float16 on older GPUs, else "
+                     "float32")
     opt.add_argument("--lbfgs-impl", choices=("scipy", "tf"), default="scipy",
                      help="L-BFGS implementation: scipy's L-BFGS-B on the host, or lbfgs.py on the device "
                      "(experimental; see docs/speed.md)")
