@@ -150,10 +150,10 @@ def given_settings(args, names):
 
 def settings_from(args):
     """The training's Settings: the model folder's with --resume, else the options given."""
-    import feedforward
+    import fast_train
     given = given_settings(args, DEFINING)
     if args.resume:
-        settings = feedforward.load_settings(args.model)
+        settings = fast_train.load_settings(args.model)
         for name, value in given.items():
             if value != getattr(settings, name):
                 option = "--" + name.replace("_", "-")
@@ -169,7 +169,7 @@ def settings_from(args):
             given["network"] = str(vgg.ensure_default().resolve())
         if "stage1_steps" in given or "stage2_steps" in given:  # one stage given: the other is 0 steps
             given = {"stage1_steps": 0, "stage2_steps": 0, **given}
-        settings = feedforward.Settings(**given)
+        settings = fast_train.Settings(**given)
     if args.epochs is not None:
         if settings.stage1_steps is not None:
             raise UserError(f"--stage1-steps {settings.stage1_steps} and --stage2-steps "
@@ -188,7 +188,7 @@ def parse_widths(text):
 
 
 def run_train(args):
-    import feedforward
+    import fast_train
     import vgg
     settings = settings_from(args)
     network = vgg.load(settings.network)
@@ -197,7 +197,7 @@ def run_train(args):
     line = progress.LiveLine()
     with progress.graceful_interrupt() as stop_request:
         try:
-            result = feedforward.train(settings, args.model, network, resume=args.resume,
+            result = fast_train.train(settings, args.model, network, resume=args.resume,
                                        overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                                        preview_every=args.preview_every,
                                        print_every=args.print_every, devices=devices,
@@ -206,7 +206,7 @@ def run_train(args):
             line.close()
     if result.unreadable:
         print(f"skipped {result.unreadable} unreadable image files in {settings.data}", file=sys.stderr)
-    checkpoints = args.model / feedforward.CHECKPOINTS
+    checkpoints = args.model / fast_train.CHECKPOINTS
     if result.status == "diverged":
         print(f"error: the loss stopped being finite at step {result.step + 1}; the last checkpoint in "
               f"{checkpoints} is kept. Lower --learning-rate or the loss weights.", file=sys.stderr)
@@ -217,44 +217,44 @@ def run_train(args):
               f"{args.model}`", file=sys.stderr)
         return 130
     if result.exported:
-        print(f"trained {result.step} steps; exported {args.model / feedforward.SAVED_MODEL} and "
-              f"{args.model / feedforward.TFLITE_FILE}")
+        print(f"trained {result.step} steps; exported {args.model / fast_train.SAVED_MODEL} and "
+              f"{args.model / fast_train.TFLITE_FILE}")
     else:
         print(f"trained {result.step} steps; worker 0 writes {args.model}")
     return 0
 
 
 def run_stylize(args):
-    import feedforward
+    import fast_apply
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive number, not {args.batch_size}")
     source, output = args.input, args.output
     if not source.exists():
         raise UserError(f"input {source} does not exist")
-    is_video = source.is_file() and source.suffix.lower() in feedforward.VIDEO_EXTENSIONS
+    is_video = source.is_file() and source.suffix.lower() in fast_apply.VIDEO_EXTENSIONS
     if source.is_dir():
         if output.exists() and not output.is_dir():
             raise UserError(f"--output {output} is a file; a folder input needs an output folder")
     elif not is_video:
         import images
         images.check_writable(output, args.overwrite)
-    stylizer = feedforward.Stylizer(args.model, args.precision)
+    stylizer = fast_apply.Stylizer(args.model, args.precision)
     line = progress.LiveLine()
     try:
         if source.is_dir():
-            written, skipped = feedforward.stylize_folder(
+            written, skipped = fast_apply.stylize_folder(
                 stylizer, source, output, args.batch_size, args.overwrite, args.preserve_colors, line.show)
             line.close()
             for reason in skipped:
                 print(f"skipped: {reason}", file=sys.stderr)
             print(f"stylized {written} images into {output}")
         elif is_video:
-            count = feedforward.stylize_video(stylizer, source, output, args.batch_size, args.overwrite,
+            count = fast_apply.stylize_video(stylizer, source, output, args.batch_size, args.overwrite,
                                               args.preserve_colors, line.show)
             line.close()
             print(f"stylized {count} frames into {output}")
         else:
-            saved = feedforward.stylize_image(stylizer, source, output, args.overwrite, args.preserve_colors)
+            saved = fast_apply.stylize_image(stylizer, source, output, args.overwrite, args.preserve_colors)
             print(f"saved {saved}")
     finally:
         line.close()
@@ -266,7 +266,7 @@ def run_stylize(args):
 
 def run_study(args):
     import digits
-    import feedforward
+    import fast_train
     import vgg
     given = given_settings(args, STUDY_DEFINING)
     if args.resume:
@@ -282,7 +282,7 @@ def run_study(args):
         values = {**STUDY_DEFAULTS, **given}
         stages = values.pop("stage1_steps"), values.pop("stage2_steps")
         mnist, count = values.pop("mnist", None), values.pop("digits", digits.DEFAULT_DIGITS)
-        settings = feedforward.Settings(data=str((args.out / digits.DATA).resolve()), **values)
+        settings = fast_train.Settings(data=str((args.out / digits.DATA).resolve()), **values)
         study = digits.Study(settings, *stages, mnist=mnist, digits=count)
     network = vgg.load(study.settings.network)
     study.settings = study.settings.with_defaults(network)
@@ -311,8 +311,8 @@ def run_study(args):
 
 
 def run_export(args):
-    import feedforward
-    saved, tflite = feedforward.export(args.model)
+    import fast_apply
+    saved, tflite = fast_apply.export(args.model)
     print(f"exported {saved} and {tflite}")
     return 0
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import fast_style
-import feedforward
+import fast_apply
+import fast_train
 import images
 import transformer
 import vgg
@@ -61,7 +62,7 @@ def trained(inputs, tiny16, tmp_path_factory):
 def no_export(monkeypatch):
     """Training without the final export (SavedModel and TFLite), for tests that only look at the
     checkpoints: the conversion takes seconds."""
-    monkeypatch.setattr(feedforward, "export", lambda model_dir: None)
+    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
 
 
 def checkpoint_values(model):
@@ -109,7 +110,7 @@ def test_fast_layers_compute_the_textbook_operations():
 def test_default_recipe_follows_the_network(tiny16, tiny_network):
     """VGG16: the paper's layers with jcjohnson's weights; VGG19: lengstrom's. Style layers are
     weighted 1/C^2 (the tiny networks have 4 and 8 channels where VGG has 64 ... 512)."""
-    settings = feedforward.Settings(style="s", data="d", network="n")
+    settings = fast_train.Settings(style="s", data="d", network="n")
     paper = settings.with_defaults(vgg.load(tiny16))
     assert paper.content_layers == {"relu2_2": 1.0}
     assert paper.style_layers == {"relu1_2": 1 / 16, "relu2_2": 1 / 16, "relu3_3": 1 / 64, "relu4_3": 1 / 64}
@@ -119,7 +120,7 @@ def test_default_recipe_follows_the_network(tiny16, tiny_network):
     assert list(lengstrom.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     assert (lengstrom.content_weight, lengstrom.style_weight, lengstrom.tv_weight) == (7.5, 100, 200)
     assert paper.style_size == paper.image_size == 256
-    mine = feedforward.Settings(style="s", data="d", network="n", style_weight=0.0, image_size=128)
+    mine = fast_train.Settings(style="s", data="d", network="n", style_weight=0.0, image_size=128)
     mine = mine.with_defaults(tiny_network)
     assert mine.style_weight == 0 and mine.style_size == 128
 
@@ -128,9 +129,9 @@ def test_default_recipe_follows_the_network(tiny16, tiny_network):
 
 def test_a_few_steps_reduce_the_loss(tiny16):
     network = vgg.load(tiny16)
-    settings = feedforward.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8),
+    settings = fast_train.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8),
                                     image_size=32).with_defaults(network)
-    training = feedforward.Training(network, stripes_image(32, 32), settings, tf.distribute.get_strategy())
+    training = fast_train.Training(network, stripes_image(32, 32), settings, tf.distribute.get_strategy())
     crops = np.stack([smooth_image(32, 32, seed=i) for i in range(2)])
     batch = (tf.constant(crops), tf.constant([0, 1], tf.int64))
     losses = [float(training.train_step(batch)[1]) for _ in range(5)]
@@ -195,8 +196,8 @@ sys.path.insert(0, {str(ROOT)!r})
 from quiet_tf import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import fast_style, feedforward
-feedforward.export = lambda model_dir: None  # the test compares checkpoints
+import fast_style, fast_apply
+fast_apply.export = lambda model_dir: None  # the test compares checkpoints
 args = {[str(a) for a in train_args(inputs, tiny16, tmp_path / "two", 2, "--devices", "/cpu:0,/cpu:1")]!r}
 sys.exit(fast_style.main(args))
 """
@@ -205,7 +206,7 @@ sys.exit(fast_style.main(args))
     assert result.returncode == 0, result.stderr
     one = transformer.TransformNet((8, 8, 8))
     tf.train.Checkpoint(network=one).restore(str(trained / "checkpoints" / "ckpt-2")).expect_partial()
-    two = feedforward.restore_network(tmp_path / "two")
+    two = fast_apply.restore_network(tmp_path / "two")
     # Compared by their stylizations: the biases before a normalisation get gradients of rounding
     # noise, which Adam's first steps turn into +-learning rate either way; they change no output.
     image = tf.constant(smooth_image(40, 40, seed=4)[np.newaxis])
@@ -217,7 +218,7 @@ sys.exit(fast_style.main(args))
 
 def test_export_round_trips_to_the_same_output(trained):
     image = smooth_image(24, 36, seed=3)[np.newaxis]
-    net = feedforward.restore_network(trained)
+    net = fast_apply.restore_network(trained)
     expected = net(tf.constant(image)).numpy()
     served = tf.saved_model.load(str(trained / "saved_model")).signatures["serving_default"]
     np.testing.assert_allclose(served(images=tf.constant(image))["stylized"].numpy(), expected, atol=0.01)
@@ -308,7 +309,7 @@ def test_stylize_in_bfloat16_rebuilds_the_network_from_its_checkpoint(trained, t
         outputs[precision] = tmp_path / f"{precision}.png"
         assert cli("stylize", "--model", trained, "--input", photo, "--output", outputs[precision],
                    "--precision", precision) == 0
-    assert feedforward.Stylizer(trained, "bfloat16").precision == "bfloat16"
+    assert fast_apply.Stylizer(trained, "bfloat16").precision == "bfloat16"
     exported, reduced = (images.load_image(outputs[p]) for p in ("float32", "bfloat16"))
     difference = np.abs(exported - reduced)
     assert 0 < difference.max() and difference.mean() < 3.0  # rounding, not another network
@@ -316,8 +317,8 @@ def test_stylize_in_bfloat16_rebuilds_the_network_from_its_checkpoint(trained, t
 
 def test_a_bare_saved_model_runs_in_float32_only(trained, tmp_path, capsys):
     bare = tmp_path / "bare"
-    shutil.copytree(Path(trained) / feedforward.SAVED_MODEL, bare)
-    assert feedforward.Stylizer(bare, "auto").precision == "float32"
+    shutil.copytree(Path(trained) / fast_train.SAVED_MODEL, bare)
+    assert fast_apply.Stylizer(bare, "auto").precision == "float32"
     photo = images.save_image(tmp_path / "photo.png", smooth_image(40, 52))
     assert cli("stylize", "--model", bare, "--input", photo, "--output", tmp_path / "out.png",
                "--precision", "bfloat16") == 1
@@ -325,7 +326,7 @@ def test_a_bare_saved_model_runs_in_float32_only(trained, tmp_path, capsys):
 
 
 def test_an_image_too_large_for_memory_is_stylized_smaller(trained, monkeypatch):
-    stylizer = feedforward.Stylizer(trained)
+    stylizer = fast_apply.Stylizer(trained)
     run = stylizer.run
 
     def limited(images):

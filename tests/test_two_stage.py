@@ -10,7 +10,8 @@ import pytest
 
 import digits
 import fast_style
-import feedforward
+import fast_apply
+import fast_train
 import images
 import progress
 import transformer
@@ -78,7 +79,7 @@ def stop_after(checks):
 
 @pytest.fixture
 def no_export(monkeypatch):
-    monkeypatch.setattr(feedforward, "export", lambda model_dir: None)
+    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
 
 
 # ---- the generator ------------------------------------------------------------------------------
@@ -108,9 +109,9 @@ def test_the_output_has_the_inputs_size_after_any_usable_layer(tiny16, layer):
 
 def test_stage_1_leaves_the_shared_layers_bit_identical_and_stage_2_trains_them(tiny16):
     network = vgg.load(tiny16)
-    settings = feedforward.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8), image_size=16,
+    settings = fast_train.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8), image_size=16,
                                     encoder="vgg:relu3_1", stage1_steps=2, stage2_steps=2)
-    training = feedforward.Training(network, stripes_image(16, 16), settings.with_defaults(network),
+    training = fast_train.Training(network, stripes_image(16, 16), settings.with_defaults(network),
                                     tf.distribute.get_strategy())
     batch = (tf.constant(np.stack([smooth_image(16, 16, seed=i) for i in range(2)])),
              tf.constant([0, 1], tf.int64))
@@ -158,7 +159,7 @@ def test_the_shared_layers_change_only_after_the_stage_boundary(straight, tiny16
     network = vgg.load(tiny16)
     for step, unchanged in ((2, True), (3, False), (4, False)):  # the manager keeps the last 3
         assert shared_unchanged(straight / "checkpoints" / f"ckpt-{step}", network) == [unchanged] * 10, step
-    losses = feedforward.read_losses(straight)
+    losses = fast_train.read_losses(straight)
     assert [entry["stage"] for entry in losses] == [1, 1, 2, 2]
     settings = json.loads((straight / "training.json").read_text())
     assert (settings["encoder"], settings["stage1_steps"], settings["stage2_steps"],
@@ -179,13 +180,13 @@ def test_a_training_resumed_across_the_stage_boundary_equals_an_uninterrupted_on
     assert resumed.keys() == expected.keys() and any(name.startswith("encoder_optimizer/") for name in expected)
     for name in expected:
         np.testing.assert_allclose(resumed[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    assert [entry["stage"] for entry in feedforward.read_losses(model)] == [1, 1, 2, 2]
+    assert [entry["stage"] for entry in fast_train.read_losses(model)] == [1, 1, 2, 2]
 
 
 def test_a_generator_with_shared_layers_exports(straight):
     """SavedModel and TFLite of the VGG encoder compute what the checkpoint's network computes."""
     image = smooth_image(19, 26, seed=3)[np.newaxis]
-    expected = feedforward.restore_network(straight)(tf.constant(image)).numpy()
+    expected = fast_apply.restore_network(straight)(tf.constant(image)).numpy()
     served = tf.saved_model.load(str(straight / "saved_model")).signatures["serving_default"]
     np.testing.assert_allclose(served(images=tf.constant(image))["stylized"].numpy(), expected, atol=0.01)
     interpreter = tf.lite.Interpreter(str(straight / "model.tflite"))
