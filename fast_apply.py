@@ -138,7 +138,7 @@ def folder_outputs(source, output):
     """{input image: output path}, mirroring the folder's layout; an output keeps the input's format
     where it can be written, else becomes PNG."""
     pairs = {}
-    for path in fast_train.find_images(source, "input folder"):
+    for path in images.find_images(source, "input folder"):
         target = Path(output) / path.relative_to(source)
         pairs[path] = target if target.suffix.lower() in images.WRITABLE else target.with_suffix(".png")
     return pairs

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import progress
 from errors import UserError
-from presets import parse_layers
-from vgg import PRECISIONS
+from presets import PRECISIONS, parse_layers
 
 # The options that define a training: --resume takes them from the model folder.
 DEFINING = ("style", "data", "network", "variant", "widths", "content_layers", "style_layers",

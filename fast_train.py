@@ -49,7 +49,6 @@ PAPER = Recipe(("relu2_2",), ("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0, 
 # separate normalisation of the two directions).
 LENGSTROM = Recipe(("relu4_2",), tuple(f"relu{i}_1" for i in range(1, 6)), 7.5, 100.0, 200.0)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PREVIEW_COUNT = 3
 MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE, LOSSES_FILE = (
     "training.json", "checkpoints", "previews", "saved_model", "model.tflite", "losses.jsonl")
@@ -195,18 +194,6 @@ def load_style(settings):
 # ---------------------------------------------------------------------------------------------
 # Data
 
-def find_images(folder, what="data folder"):
-    """Every image file under `folder` (recursive, sorted); a UserError when there is none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{what} {folder} {'is a file' if folder.exists() else 'does not exist'}; "
-                        f"give a folder of images")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not found:
-        raise UserError(f"{what} {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return found
-
-
 def center_crop(image, size):
     """The middle square of an image whose short side is scaled to `size`."""
     height, width = image.shape[:2]
@@ -226,7 +213,7 @@ class TrainingImages:
     """
 
     def __init__(self, folder, image_size, seed):
-        self.paths = [str(p) for p in find_images(folder)]
+        self.paths = [str(p) for p in images.find_images(folder)]
         self.image_size, self.seed = image_size, seed
         self.unreadable = set()
         self.previews = self._first_readable(PREVIEW_COUNT)

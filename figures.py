@@ -23,7 +23,7 @@ import images
 import progress
 import vgg
 from errors import UserError
-from presets import settings_for_preset
+from presets import OPTIMIZERS, settings_for_preset
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 PAPER_NAMES = {name: name.replace("relu", "conv") for name in STYLE_LAYERS}  # the paper's labels
@@ -48,7 +48,7 @@ def parse_args(argv):
     common.add_argument("--iterations", type=int, default=500, help="L-BFGS evaluations per tile (500)")
     common.add_argument("--max-size", type=int, default=512, help="long side of every tile (512)")
     common.add_argument("--out", type=Path, required=True, help="folder for the grid, the tiles and the settings")
-    common.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    common.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs")
     common.add_argument("--normalize-network", action=argparse.BooleanOptionalAction, default=True,
                         help="the paper's rescaled network (default on)")
     common.add_argument("--seed", type=int, default=0, help="seed of the white-noise starting image")

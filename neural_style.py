@@ -12,12 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import images
 import progress
-import vgg
 from errors import UserError
-from presets import PRESETS, parse_layers, parse_scales, settings_for_preset
-from stylize import stylize
+from presets import (COLOR_CONTROLS, INITS, OPTIMIZERS, POOLINGS, PRECISIONS, PRESETS, parse_layers,
+                     parse_scales, settings_for_preset)
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
@@ -37,7 +35,7 @@ def parse_args(argv):
                     help="one weight per style image (normalised to sum 1; default equal)")
     io.add_argument("--preserve-colors", action="store_true",
                     help="luminance-only transfer: keep the content's colours (= --color-control luminance)")
-    io.add_argument("--color-control", choices=("none", "luminance", "histogram"),
+    io.add_argument("--color-control", choices=COLOR_CONTROLS,
                     help="Gatys et al. 2017: luminance-only transfer, or match the style's colour "
                     "histogram (mean and covariance) to the content's first")
     io.add_argument("--style-mask", type=Path, nargs="+", help="one grayscale image per style: each style "
@@ -60,19 +58,19 @@ def parse_args(argv):
     loss.add_argument("--content-weight", type=float, help="alpha")
     loss.add_argument("--style-weight", type=float, help="beta")
     loss.add_argument("--tv-weight", type=float, help="total variation weight")
-    loss.add_argument("--pooling", choices=("avg", "max"), help="replace max pooling by average pooling")
+    loss.add_argument("--pooling", choices=POOLINGS, help="replace max pooling by average pooling")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--optimizer", choices=("adam", "lbfgs"))
+    opt.add_argument("--optimizer", choices=OPTIMIZERS)
     opt.add_argument("--iterations", type=int, help="Adam steps, or L-BFGS loss evaluations")
     opt.add_argument("--learning-rate", type=float, help="Adam's step size")
-    opt.add_argument("--init", choices=("blend", "noise", "content", "style", "image"),
+    opt.add_argument("--init", choices=INITS,
                      help="blend: noise mixed with the content (write-up); noise: white noise")
     opt.add_argument("--init-image", type=Path, help="start from this image (implies --init image)")
     opt.add_argument("--noise-ratio", type=float, help="share of noise in the blend init (0..1)")
     opt.add_argument("--seed", type=int, help="random seed, for repeatable runs")
     opt.add_argument("--scales", help="coarse to fine: fractions of the output size, each optionally "
                      "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
-    opt.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"),
+    opt.add_argument("--precision", choices=PRECISIONS,
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
                      "with native bfloat16, float16 on a GPU, else float32")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
@@ -80,8 +78,10 @@ def parse_args(argv):
                      "they would not fit)")
     out = parser.add_argument_group("progress")
     out.add_argument("--print-every", type=int, default=100, help="keep a progress line every N iterations")
-    out.add_argument("--checkpoint-every", type=int, default=0,
+    out.add_argument("--snapshot-every", type=int, default=0,
                      help="also save the image every N iterations as OUTPUT_00100.png, ...")
+    out.add_argument("--checkpoint-every", dest="snapshot_every", type=int, default=0,
+                     help=argparse.SUPPRESS)  # its old name; fast_style.py's checkpoints are TF's
     out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
     return parser.parse_args(argv)
 
@@ -104,8 +104,8 @@ def settings_from(args):
                           (args.print_every, "--print-every")):
         if value < 1:
             raise UserError(f"{option} must be a positive number, not {value}")
-    if args.checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every must be 0 (off) or positive, not {args.checkpoint_every}")
+    if args.snapshot_every < 0:
+        raise UserError(f"--snapshot-every must be 0 (off) or positive, not {args.snapshot_every}")
     recompute = {"auto": "auto", "on": True, "off": False}[args.recompute]
     if args.preserve_colors and args.color_control not in (None, "luminance"):
         raise UserError("--preserve-colors is luminance-only transfer; it cannot be combined with "
@@ -120,7 +120,7 @@ def settings_from(args):
 
 
 class Monitor:
-    """Shows progress, writes the progress file and the checkpoints, and relays a stop request."""
+    """Shows progress, writes the progress file and the snapshots, and relays a stop request."""
 
     def __init__(self, args, stop_request):
         self.args, self.stop_request = args, stop_request
@@ -133,10 +133,11 @@ class Monitor:
             self.start = time.perf_counter() - state.seconds
         if self.log:
             self.log.write(json.dumps(state.as_record()) + "\n")
-        every = self.args.checkpoint_every
+        every = self.args.snapshot_every
         if every and state.iteration and state.iteration % every == 0:
             output = self.args.output
             path = output.with_name(f"{output.stem}_{state.iteration:05d}{output.suffix}")
+            import images
             images.save_image(path, state.image(), overwrite=self.args.overwrite)
         elapsed, left = progress.eta(self.start, state.iteration, state.total_iterations)
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
@@ -153,6 +154,9 @@ class Monitor:
 
 
 def run(args):
+    import images  # these import TensorFlow and SciPy: after argparse, so that --help is quick
+    import vgg
+    from stylize import stylize
     settings, max_size = settings_from(args)
     images.check_writable(args.output, args.overwrite)
     if args.progress_file:

@@ -15,14 +15,12 @@ import scipy.optimize
 import images
 import losses
 import presets
+from presets import COLOR_CONTROLS, INITS, OPTIMIZERS
 import vgg
 from errors import UserError
 from quiet_tf import tf
 from vgg import VGG, resolve_precision
 
-INITS = ("blend", "noise", "content", "style", "image")
-COLOR_CONTROLS = ("none", "luminance", "histogram")
-OPTIMIZERS = ("adam", "lbfgs")
 
 
 def _writeup(name):

@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 import download
 from errors import UserError
+from presets import POOLINGS, PRECISIONS
 from quiet_tf import tf
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -201,6 +201,7 @@ def load(path):
 def _parse(path):
     try:
         _check_header(path)
+        import scipy.io  # a second of imports, which `--help` need not wait for
         data = scipy.io.loadmat(str(path))
     except UserError:
         raise
@@ -388,7 +389,6 @@ def _write_scales(cache, key, scales):
 # ---------------------------------------------------------------------------------------------
 # The graph
 
-PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 
 
 def resolve_precision(precision):
@@ -425,7 +425,7 @@ class VGG:
     """
 
     def __init__(self, network, outputs, pooling="avg", dtype="float32", recompute=False, weights=None):
-        if pooling not in ("avg", "max"):
+        if pooling not in POOLINGS:
             raise UserError(f"pooling must be 'avg' or 'max', not '{pooling}'")
         self.network = network
         self.outputs = tuple(dict.fromkeys(outputs))
@@ -558,6 +558,7 @@ def write_random(path, blocks=VGG19_BLOCKS, widths=VGG_WIDTHS, classifier=(4096,
         image = np.broadcast_to(mean, (8, 8, 3)) + rng.uniform(-1, 1, (8, 8, 3)).astype(np.float32)
         image -= image.mean(axis=(0, 1)) - mean  # the spatial mean is exactly the mean pixel
         top = {"layers": cells, "normalization": {"averageImage": image.astype(np.float32)}}
+    import scipy.io
     scipy.io.savemat(str(path), top, do_compression=False)
     return Path(path)
 

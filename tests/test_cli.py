@@ -49,9 +49,10 @@ def test_max_size_caps_the_long_side(base, tmp_path):
     assert images.load_image(out).shape == (27, 32, 3)
 
 
-def test_checkpoints_are_numbered_images(base, tmp_path):
+@pytest.mark.parametrize("option", ["--snapshot-every", "--checkpoint-every"])  # the new name, the old
+def test_checkpoints_are_numbered_images(base, tmp_path, option):
     out = tmp_path / "out.png"
-    assert cli(*base, "--output", out, "--checkpoint-every", 2) == 0
+    assert cli(*base, "--output", out, option, 2) == 0
     assert sorted(p.name for p in tmp_path.glob("out_*.png")) == ["out_00002.png", "out_00004.png"]
 
 
