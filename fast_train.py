@@ -7,6 +7,7 @@ A model folder holds everything of one training:
     checkpoints/    network, optimizer, step and data position (tf.train.CheckpointManager)
     previews/       a few fixed images stylized every --preview-every steps
     losses.jsonl    the loss terms of every step, one JSON line each
+    losses.png      the same as a picture (weighted terms, log scale), redrawn every --print-every steps
     saved_model/    the exported network, which `fast_style.py stylize` loads
     model.tflite    the same for TensorFlow Lite
 """
@@ -50,8 +51,9 @@ PAPER = Recipe(("relu2_2",), ("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0, 
 LENGSTROM = Recipe(("relu4_2",), tuple(f"relu{i}_1" for i in range(1, 6)), 7.5, 100.0, 200.0)
 
 PREVIEW_COUNT = 3
-MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE, LOSSES_FILE = (
-    "training.json", "checkpoints", "previews", "saved_model", "model.tflite", "losses.jsonl")
+MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE, LOSSES_FILE, LOSS_PLOT = (
+    "training.json", "checkpoints", "previews", "saved_model", "model.tflite", "losses.jsonl",
+    "losses.png")
 
 
 @dataclass
@@ -486,13 +488,18 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
             speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
             where = f"{step}/{total_steps}" + (f" stage {stage}" if settings.stage1_steps is not None else "")
             line = _progress_line(where, terms, total, speed, elapsed, left, len(data.unreadable))
-            report(line, keep=step % print_every == 0 or step == total_steps)
+            keep = step % print_every == 0 or step == total_steps
+            report(line, keep=keep)
+            if keep:
+                plot_losses(model_dir, settings)
         if step % checkpoint_every == 0:
             checkpoints.save()
         if chief and step % preview_every == 0:
             save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
     if status != "diverged":
         checkpoints.save()
+    if chief and status != "done":
+        plot_losses(model_dir, settings)  # up to the step it stopped at
     if not chief:
         shutil.rmtree(checkpoints.manager.directory, ignore_errors=True)
     elif status == "done":
@@ -530,6 +537,18 @@ def read_losses(model_dir):
     """The lines of a model folder's losses.jsonl, as dicts."""
     path = Path(model_dir) / LOSSES_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_losses(model_dir, settings):
+    """losses.png: the weighted loss terms and the total of losses.jsonl per step."""
+    import plots
+    entries = read_losses(model_dir)
+    weights = {"content": settings.content_weight, "style": settings.style_weight,
+               "pixel": settings.pixel_weight, "tv": settings.tv_weight}
+    series = {name: [entry[name] * weight for entry in entries] for name, weight in weights.items()}
+    series["total"] = [entry["total"] for entry in entries]
+    plots.try_save_loss_plot(Path(model_dir) / LOSS_PLOT, [entry["step"] for entry in entries], series,
+                             f"weighted loss terms of {Path(model_dir).name}", xlabel="step")
 
 
 def save_preview(net, previews, path):

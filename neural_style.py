@@ -26,7 +26,7 @@ def parse_args(argv):
     io.add_argument("--content", required=True, type=Path, help="the photo to render")
     io.add_argument("--style", required=True, type=Path, nargs="+", help="one or more style images")
     io.add_argument("--output", required=True, type=Path, help="where to write the result (.png, .jpg)")
-    io.add_argument("--overwrite", action="store_true", help="replace --output (and --progress-file) if it exists")
+    io.add_argument("--overwrite", action="store_true", help="replace --output (and --progress-file, the loss plot) if it exists")
     io.add_argument("--max-size", type=int, help="long side of the output in px; a larger content image "
                     "is scaled down (default 512)")
     io.add_argument("--style-scale", type=float, default=1.0, help="style image long side relative to "
@@ -83,6 +83,8 @@ def parse_args(argv):
     out.add_argument("--checkpoint-every", dest="snapshot_every", type=int, default=0,
                      help=argparse.SUPPRESS)  # its old name; fast_style.py's checkpoints are TF's
     out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
+    out.add_argument("--progress-plot", action="store_true", help="draw the loss terms per iteration "
+                     "(log scale) as OUTPUT.losses.png, refreshed every --print-every iterations")
     return parser.parse_args(argv)
 
 
@@ -119,14 +121,31 @@ def settings_from(args):
     return settings, max_size
 
 
+def plot_path(output):
+    """Where --progress-plot draws: result.png -> result.losses.png."""
+    return output.with_name(f"{output.stem}.losses.png")
+
+
 class Monitor:
-    """Shows progress, writes the progress file and the snapshots, and relays a stop request."""
+    """Shows progress, writes the progress file, the snapshots and the loss plot, and relays a stop
+    request."""
 
     def __init__(self, args, stop_request):
         self.args, self.stop_request = args, stop_request
         self.line = progress.LiveLine()
         self.log = open(args.progress_file, "w", buffering=1) if args.progress_file else None
         self.start = None
+        self.losses = {}  # iteration: (content, style, tv, total), for --progress-plot
+
+    def plot(self):
+        if not self.args.progress_plot or not self.losses:
+            return
+        import plots
+        iterations = sorted(self.losses)
+        columns = zip(*(self.losses[i] for i in iterations))
+        plots.try_save_loss_plot(plot_path(self.args.output), iterations,
+                                 dict(zip(("content", "style", "tv", "total"), columns)),
+                                 f"{self.args.output.name}: the terms before their weights, and the total")
 
     def __call__(self, state):
         if self.start is None:
@@ -145,9 +164,13 @@ class Monitor:
                 f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
         self.line.show(text, keep=keep)
+        self.losses[state.iteration] = (state.content_loss, state.style_loss, state.tv_loss, state.total_loss)
+        if keep:
+            self.plot()
         return not self.stop_request
 
     def close(self):
+        self.plot()  # the last iterations, also of an interrupted run
         self.line.close()
         if self.log:
             self.log.close()
@@ -159,6 +182,9 @@ def run(args):
     from stylize import stylize
     settings, max_size = settings_from(args)
     images.check_writable(args.output, args.overwrite)
+    if args.progress_plot and plot_path(args.output).exists() and not args.overwrite:
+        raise UserError(f"loss plot {plot_path(args.output)} already exists; pass --overwrite to "
+                        f"replace it or choose another --output")
     if args.progress_file:
         if args.progress_file.exists() and not args.overwrite:
             raise UserError(f"progress file {args.progress_file} already exists; pass --overwrite to "

@@ -43,6 +43,15 @@ def test_end_to_end_writes_the_image_and_the_progress_file(base, tmp_path, capsy
     assert f"saved {out}" in capsys.readouterr().out
 
 
+def test_progress_plot_is_drawn_beside_the_output(base, tmp_path):
+    out = tmp_path / "out.png"
+    assert cli(*base, "--output", out, "--progress-plot", "--print-every", 2) == 0
+    from PIL import Image
+    with Image.open(tmp_path / "out.losses.png") as picture:
+        assert picture.format == "PNG"
+    assert cli(*base, "--output", out, "--progress-plot", "--overwrite") == 0
+
+
 def test_max_size_caps_the_long_side(base, tmp_path):
     out = tmp_path / "small.png"
     assert cli(*base, "--output", out, "--max-size", 32) == 0

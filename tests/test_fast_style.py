@@ -149,6 +149,12 @@ def test_training_writes_checkpoints_previews_and_the_export(trained, inputs):
     assert (trained / "saved_model" / "saved_model.pb").is_file() and (trained / "model.tflite").is_file()
 
 
+def test_training_draws_its_losses(trained):
+    from PIL import Image
+    with Image.open(trained / fast_train.LOSS_PLOT) as picture:
+        assert picture.format == "PNG"
+
+
 def test_a_resumed_training_continues_where_it_stopped(trained, inputs, tiny16, tmp_path, capsys, no_export):
     """2 steps, then --resume to 4: the same step, data and weights as 4 steps at once."""
     model = tmp_path / "model"
