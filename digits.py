@@ -29,6 +29,7 @@ import numpy as np
 
 import fast_apply
 import fast_train
+import grids
 import images
 from errors import UserError
 from quiet_tf import tf
@@ -258,24 +259,10 @@ GAP, LABEL_SIZE = 4, 14
 
 def save_comparison(path, inputs, rows, labels):
     """The inputs in the first row and each of `rows` (stylizations of them) below, each row labelled."""
-    from PIL import Image, ImageDraw, ImageFont
-
     scale = -(-TILE // inputs.shape[1])  # ceil
-    font = ImageFont.load_default(LABEL_SIZE)
-    names = ["input (held out)", *labels]
-    margin = GAP + int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(name, font) for name in names))
-    tile = inputs.shape[1] * scale
-    height, width = len(names) * (tile + GAP) + GAP, margin + GAP + len(inputs) * (tile + GAP)
-    sheet = np.full((height, width, 3), 255.0, np.float32)
-    for r, row in enumerate([inputs, *rows]):
-        for c, image in enumerate(row):
-            top, left = GAP + r * (tile + GAP), margin + GAP + c * (tile + GAP)
-            sheet[top:top + tile, left:left + tile] = np.kron(image, np.ones((scale, scale, 1)))
-    picture = Image.fromarray(np.clip(np.round(sheet), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for r, name in enumerate(names):
-        draw.text((GAP, GAP + r * (tile + GAP) + tile // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
-    images.save_image(path, np.asarray(picture))
+    sheet = grids.compose([list(inputs), *map(list, rows)], ["input (held out)", *labels], gap=GAP,
+                          scale=scale, font_size=LABEL_SIZE)
+    images.save_image(path, sheet)
 
 
 def save_loss_plot(path, steps, weights, labels, boundary):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+import grids
 import images
 import losses
 import progress
@@ -337,6 +338,9 @@ class Training:
             shared = {variable.ref() for variable in self.net.encoder_variables}
             self.generator_variables = [variable for variable in self.net.trainable_variables
                                         if variable.ref() not in shared]
+            # Keras' Adam, not stylize.Adam (the write-up's TF1 arithmetic on one image variable):
+            # under a distribution strategy it sums the replicas' gradients and keeps its moments as
+            # mirrored variables, and the checkpoints of existing model folders hold its state.
             self.optimizer = tf.keras.optimizers.Adam(settings.learning_rate)
             self.optimizer.build(self.generator_variables)
             self.encoder_optimizer = None
@@ -555,5 +559,4 @@ def save_preview(net, previews, path):
     """The fixed preview images above their stylizations, one picture."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stylized = net(tf.constant(previews)).numpy()
-    images.save_image(path, np.concatenate([np.concatenate(list(previews), axis=1),
-                                            np.concatenate(list(stylized), axis=1)], axis=0))
+    images.save_image(path, grids.compose([list(previews), list(stylized)], gap=0))

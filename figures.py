@@ -16,9 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
+import grids
 import images
 import progress
 import vgg
@@ -187,54 +185,12 @@ def render(args, network, content, style_images, tiles, grid):
     rows = [[content] + [results[t.name] for t in row] if grid.columns[0] == "content"
             else [results[t.name] for t in row] for row in tiles]
     insets = style_images if grid.insets else None
-    figure = compose(rows, grid.rows, grid.columns, insets)
+    figure = grids.compose(rows, grid.rows, grid.columns, insets)
     out = images.save_image(args.out / f"{args.figure}.png", figure)
     (args.out / f"{args.figure}.json").write_text(json.dumps({"figure": args.figure, "tiles": records},
                                                              indent=2, default=str) + "\n")
     print(f"saved {out}")
     return 0
-
-
-def compose(rows, row_labels, column_labels, insets=None, gap=6):
-    """A labelled grid of equally sized images (column titles above, row titles at the left)."""
-    height, width = rows[0][0].shape[:2]
-    size = max(12, width // 20)
-    font = _font(size)
-    label_width = max((_text_width(font, label) for label in row_labels), default=0)
-    label_width = label_width + 2 * gap if label_width else 0
-    column = max([width] + [_text_width(font, label) + gap for label in column_labels])
-    title_height = size + 2 * gap
-    canvas = Image.new("RGB", (label_width + len(column_labels) * (column + gap) + gap,
-                               title_height + len(rows) * (height + gap) + gap), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, label in enumerate(column_labels):
-        x = label_width + gap + c * (column + gap)
-        draw.text((x + (column - _text_width(font, label)) // 2, gap), label, fill="black", font=font)
-    for r, row in enumerate(rows):
-        y = title_height + r * (height + gap)
-        draw.text((gap, y + height // 2 - size // 2), row_labels[r], fill="black", font=font)
-        for c, image in enumerate(row):
-            tile = Image.fromarray(np.clip(np.round(images.resize(image, height, width)), 0, 255).astype(np.uint8))
-            style_index = c - (len(row) - len(insets)) if insets else -1
-            if style_index >= 0:  # the style image in the lower left corner, as in the paper
-                inset = insets[style_index]
-                scale = (height // 4) / inset.shape[0]
-                small = images.resize(inset, height // 4, max(1, round(inset.shape[1] * scale)))
-                tile.paste(Image.fromarray(np.round(small).astype(np.uint8)), (0, height - small.shape[0]))
-            canvas.paste(tile, (label_width + gap + c * (column + gap) + (column - width) // 2, y))
-    return np.asarray(canvas, dtype=np.float32)
-
-
-def _font(size):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow before 10.1: a fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _text_width(font, text):
-    left, _, right, _ = font.getbbox(text)
-    return right - left
 
 
 if __name__ == "__main__":
