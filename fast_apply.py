@@ -123,15 +123,15 @@ def _restore_colors(result, original, preserve_colors):
 
 def stylize_image(stylizer, source, output, overwrite=False, preserve_colors=False):
     image = images.load_image(source, "input image")
-    _check_size(image, source)
+    _check_size(f"input image {source}", *image.shape[:2])
     result = _restore_colors(stylizer(image[np.newaxis])[0], image, preserve_colors)
     return images.save_image(output, result, overwrite=overwrite)
 
 
-def _check_size(image, source):
-    if min(image.shape[:2]) < MIN_SIZE:
-        raise UserError(f"input image {source} is {image.shape[1]}x{image.shape[0]} px; the network "
-                        f"needs at least {MIN_SIZE} px on each side")
+def _check_size(what, height, width):
+    if min(height, width) < MIN_SIZE:
+        raise UserError(f"{what} is {width}x{height} px; the network needs at least {MIN_SIZE} px on "
+                        f"each side")
 
 
 def folder_outputs(source, output):
@@ -167,7 +167,7 @@ def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, pres
     for path, target in pairs.items():
         try:
             image = images.load_image(path, "input image")
-            _check_size(image, path)
+            _check_size(f"input image {path}", *image.shape[:2])
         except UserError as error:
             skipped.append(str(error))
             continue
@@ -199,9 +199,7 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
     except (RuntimeError, OSError, StopIteration) as error:
         raise UserError(f"input video {source} cannot be read ({str(error).splitlines()[0]})") from None
     width, height = meta["size"]
-    if min(width, height) < MIN_SIZE:
-        raise UserError(f"input video {source} is {width}x{height} px; the network needs at least "
-                        f"{MIN_SIZE} px on each side")
+    _check_size(f"input video {source}", height, width)
     expected = round(meta.get("duration", 0) * meta["fps"]) or "?"
     temporary = str(output.with_name(f".{output.stem}.{os.getpid()}{output.suffix}"))
     writer = imageio_ffmpeg.write_frames(temporary, (width, height), fps=meta["fps"], macro_block_size=2,

@@ -33,13 +33,18 @@ def _import_tensorflow():
 
 
 class _OnFirstUse(types.ModuleType):
-    """`tensorflow`, imported (quietly) when an attribute is first read."""
+    """`tensorflow`, imported (quietly) when an attribute is first read. Then every module's `tf` is
+    pointed at the real module: AutoGraph, which converts the code of a tf.function, must see
+    TensorFlow itself, not a stand-in."""
 
     def __getattr__(self, name):
         module = self.__dict__.get("_module")
         if module is None:
             module = self.__dict__["_module"] = _import_tensorflow()
             module.get_logger().setLevel("ERROR")
+            for loaded in list(sys.modules.values()):
+                if getattr(loaded, "__dict__", {}).get("tf") is self:  # no module __getattr__ runs
+                    loaded.tf = module
         return getattr(module, name)
 
 

@@ -479,9 +479,5 @@ def _check_masks(masks, style_count):
 
 
 def _check_size(what, image, vgg):
-    height, width = image.shape[:2]
-    if min(height, width) < vgg.min_size:
-        deepest = vgg.layers[-1].name
-        raise UserError(f"the {what} is {width}x{height} px at the size it is used, but layer {deepest} "
-                        f"needs at least {vgg.min_size} px on each side: use a larger image, a larger "
-                        f"--max-size or --style-scale, or shallower layers")
+    vgg.check_size(what, *image.shape[:2], "use a larger image, a larger --max-size or --style-scale, "
+                   "or shallower layers")

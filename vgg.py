@@ -448,6 +448,13 @@ class VGG:
                 self._blocks.append(tuple(block))
                 block = []
 
+    def check_size(self, what, height, width, advice):
+        """The one "image too small for the deepest layer" check: a UserError saying what to do."""
+        if min(height, width) < self.min_size:
+            raise UserError(f"the {what} is {width}x{height} px at the size it is used, but layer "
+                            f"{self.layers[-1].name} needs at least {self.min_size} px on each side: "
+                            f"{advice}")
+
     def __call__(self, images):
         x = tf.cast(images - self._mean, self.dtype)
         features = {}

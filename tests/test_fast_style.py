@@ -72,40 +72,7 @@ def checkpoint_values(model):
             if name.startswith("network/")}
 
 
-# ---- the network --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("variant", ["improved", "paper"])
-def test_network_keeps_any_size_and_outputs_0_to_255(variant):
-    net = transformer.TransformNet((4, 4, 4), variant)
-    for shape in [(1, 5, 5, 3), (2, 7, 9, 3), (1, 33, 20, 3)]:
-        out = net(tf.random.uniform(shape, 0, 255, seed=1)).numpy()
-        assert out.shape == shape
-        assert out.min() >= 0 and out.max() <= 255
-
-
-def test_instance_norm_stylizes_each_image_on_its_own():
-    net = transformer.TransformNet((4, 4, 4))
-    batch = tf.random.uniform([3, 16, 20, 3], 0, 255, seed=2)
-    alone = net(batch[1:2]).numpy()
-    np.testing.assert_allclose(net(batch).numpy()[1:2], alone, atol=1e-3)
-
-
-def test_fast_layers_compute_the_textbook_operations():
-    """ResizeConv = nearest x2, reflection pad, 3x3 conv; SpaceToDepthConv = reflection pad, 9x9 conv."""
-    rng = np.random.default_rng(0)
-    for height, width in [(6, 8), (5, 7)]:
-        x = tf.constant(rng.uniform(-1, 1, (2, height, width, 4)).astype(np.float32))
-        up = transformer.ResizeConv(4, 5, rng, "REFLECT")
-        up.bias.assign(rng.uniform(-1, 1, 5).astype(np.float32))
-        upsampled = tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)
-        big = tf.pad(upsampled, [[0, 0], [1, 1], [1, 1], [0, 0]], "REFLECT")
-        expected = tf.nn.conv2d(big, up.kernel, 1, "VALID") + up.bias
-        np.testing.assert_allclose(up(x, [2 * height, 2 * width]), expected, atol=1e-5)
-        out = transformer.SpaceToDepthConv(4, 3, 9, rng)
-        out.bias.assign(rng.uniform(-1, 1, 3).astype(np.float32))
-        padded = tf.pad(x, [[0, 0], [4, 4], [4, 4], [0, 0]], "REFLECT")
-        np.testing.assert_allclose(out(x), tf.nn.conv2d(padded, out.kernel, 1, "VALID") + out.bias, atol=1e-5)
-
+# ---- the recipe ---------------------------------------------------------------------------------
 
 def test_default_recipe_follows_the_network(tiny16, tiny_network):
     """VGG16: the paper's layers with jcjohnson's weights; VGG19: lengstrom's. Style layers are

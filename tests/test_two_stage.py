@@ -84,26 +84,6 @@ def no_export(monkeypatch):
 
 # ---- the generator ------------------------------------------------------------------------------
 
-def test_the_encoder_is_the_loss_networks_first_layers(tiny16):
-    """Initialised, it computes what vgg.VGG computes at relu3_1 (mean pixel, padding, pooling)."""
-    network = vgg.load(tiny16)
-    net = transformer.TransformNet((8, 8, 8), encoder="vgg:relu3_1", network=network)
-    image = tf.constant(smooth_image(21, 18)[np.newaxis])
-    features, sizes = net.encoder(image)
-    expected = vgg.VGG(network, ["relu3_1"], pooling="max")(image)["relu3_1"]
-    np.testing.assert_allclose(features.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-    assert [list(size.numpy()) for size in sizes] == [[11, 9], [21, 18]]  # the decoder's targets
-    assert len(net.encoder_variables) == 10  # conv1_1 … conv3_1, kernels and biases
-    assert transformer.TransformNet((8, 8, 8)).encoder_variables == ()
-
-
-@pytest.mark.parametrize("layer", ["relu1_2", "relu2_1", "pool2", "relu3_1"])
-def test_the_output_has_the_inputs_size_after_any_usable_layer(tiny16, layer):
-    net = transformer.TransformNet((4, 6, 8), encoder=f"vgg:{layer}", network=vgg.load(tiny16))
-    for shape in [(1, 5, 5, 3), (2, 13, 10, 3)]:
-        out = net(tf.random.uniform(shape, 0, 255, seed=1)).numpy()
-        assert out.shape == shape and out.min() >= 0 and out.max() <= 255
-
 
 # ---- the stages ---------------------------------------------------------------------------------
 
