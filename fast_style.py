@@ -6,6 +6,8 @@ stylize images, folders and videos with one forward pass each.
     python fast_style.py export --model out/
     python fast_style.py train ... --encoder vgg:relu3_1 --stage1-steps N --stage2-steps M
     python fast_style.py study-digits --style painting.jpg --out study/
+
+This is the command line; fast_train.py trains, fast_apply.py uses a trained network.
 """
 import argparse
 import sys
