@@ -19,7 +19,6 @@ Digits are white on black (MNIST's convention), as RGB 0..255 at --image-size.
 import dataclasses
 import gzip
 import json
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 
 import fast_apply
 import fast_train
+import files
 import grids
 import images
 from errors import UserError
@@ -186,7 +186,7 @@ def run_study(out, study, network, resume=False, overwrite=False, checkpoint_eve
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         _write_digits(out / DATA, digits[:study.digits])
         _write_digits(out / HELD_OUT_DIR, digits[study.digits:])
-        (out / STUDY_FILE).write_text(json.dumps(dataclasses.asdict(study), indent=2) + "\n")
+        files.write_json(out / STUDY_FILE, dataclasses.asdict(study))
     for run, settings in runs.items():
         model = out / RUNS[run]
         if resume and (model / fast_train.SAVED_MODEL).exists():
@@ -241,13 +241,7 @@ def _write_results(out, study, loss):
 
 def _replace(path, write):
     """Write through a temporary file beside `path`, then rename: never a half-written result."""
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    files.write_atomic(path, write)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ folders and videos with one forward pass each. The image-optimisation algorithm 
 stylize.py's, not this.
 """
 import os
-import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 import fast_train
+import files
 import images
 import vgg
 from errors import UserError
@@ -18,6 +19,8 @@ from transformer import MIN_SIZE, TransformNet
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
+
+# ---------------------------------------------------------------------------------------------
 # Export
 
 class Stylize(tf.Module):
@@ -40,10 +43,8 @@ def restore_network(model_dir, dtype=tf.float32):
     network = vgg.load(settings.network) if settings.encoder else None  # the encoder's layer list
     net = TransformNet(settings.widths, settings.variant, dtype=dtype, encoder=settings.encoder,
                        network=network)
-    latest = tf.train.latest_checkpoint(Path(model_dir) / fast_train.CHECKPOINTS)
-    if latest is None:
-        raise UserError(f"{model_dir} holds no checkpoint yet; train first")
-    tf.train.Checkpoint(network=net).restore(latest).expect_partial()
+    fast_train.restore_intact(tf.train.Checkpoint(network=net), Path(model_dir) / fast_train.CHECKPOINTS,
+                   lambda status: status.expect_partial())
     return net
 
 
@@ -53,17 +54,11 @@ def export(model_dir):
     model_dir = Path(model_dir)
     module = Stylize(restore_network(model_dir))
     saved = model_dir / fast_train.SAVED_MODEL
-    temporary = model_dir / f".{fast_train.SAVED_MODEL}.{os.getpid()}"  # renamed when complete
-    shutil.rmtree(temporary, ignore_errors=True)
-    tf.saved_model.save(module, str(temporary), signatures={"serving_default": module.serve})
-    if saved.exists():
-        shutil.rmtree(saved)
-    os.replace(temporary, saved)
-
+    files.write_atomic(saved, lambda temporary: tf.saved_model.save(
+        module, str(temporary), signatures={"serving_default": module.serve}), folder=True)
     tflite = model_dir / fast_train.TFLITE_FILE
-    temporary = tflite.with_name(f".{tflite.name}.part")
-    temporary.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
-    os.replace(temporary, tflite)
+    converted = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
+    files.write_atomic(tflite, lambda temporary: Path(temporary).write_bytes(converted))
     return saved, tflite
 
 
@@ -92,13 +87,27 @@ class Stylizer:
                 what = "does not exist" if not model.exists() else "holds no exported network (saved_model/)"
                 raise UserError(f"model {model} {what}; train one with `fast_style.py train`, or run "
                                 f"`fast_style.py export --model {model}` after an interrupted training")
-            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-            self.run = lambda batch: serve(images=batch)["stylized"]
+            try:
+                serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+                self.run = lambda batch: serve(images=batch)["stylized"]
+            except Exception as error:  # protobuf, TensorFlow and KeyError alike: a damaged export
+                reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+                if not ((model / fast_train.SETTINGS_FILE).is_file() and any((model / fast_train.CHECKPOINTS).glob("*.index"))):
+                    raise UserError(f"the exported network in {path} is damaged ({reason}); export it "
+                                    f"again from its model folder or train again") from None
+                print(f"note: the exported network in {path} is damaged ({reason}); using the model "
+                      f"folder's checkpoint instead (`fast_style.py export --model {model}` writes it "
+                      f"again)", file=sys.stderr)
+                self.run = self._from_checkpoint(model, "float32")
         else:
-            net = restore_network(model, dtype)
-            self.run = tf.function(net.__call__, input_signature=[
-                tf.TensorSpec([None, None, None, 3], tf.float32)])  # any size, as the SavedModel
+            self.run = self._from_checkpoint(model, dtype)
         self.reduced = False  # set when an image had to be stylized smaller for lack of memory
+
+    @staticmethod
+    def _from_checkpoint(model, dtype):
+        net = restore_network(model, dtype)
+        return tf.function(net.__call__, input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32)])  # any size, as the SavedModel
 
     def __call__(self, batch):
         """Stylize a batch of equal-sized images; an image too large for memory is stylized at half
@@ -125,7 +134,7 @@ def stylize_image(stylizer, source, output, overwrite=False, preserve_colors=Fal
     image = images.load_image(source, "input image")
     _check_size(f"input image {source}", *image.shape[:2])
     result = _restore_colors(stylizer(image[np.newaxis])[0], image, preserve_colors)
-    return images.save_image(output, result, overwrite=overwrite)
+    return images.save_result(output, result, overwrite=overwrite)
 
 
 def _check_size(what, height, width):
@@ -136,12 +145,23 @@ def _check_size(what, height, width):
 
 def folder_outputs(source, output):
     """{input image: output path}, mirroring the folder's layout; an output keeps the input's format
-    where it can be written, else becomes PNG."""
-    pairs = {}
-    for path in images.find_images(source, "input folder"):
-        target = Path(output) / path.relative_to(source)
-        pairs[path] = target if target.suffix.lower() in images.WRITABLE else target.with_suffix(".png")
-    return pairs
+    where it can be written, else becomes PNG, under a name of its own: two inputs never share an
+    output."""
+    paths = images.find_images(source, "input folder")
+    mirrored = {path: Path(output) / path.relative_to(source) for path in paths}
+    kept = {path: target for path, target in mirrored.items() if target.suffix.lower() in images.WRITABLE}
+    taken = set(kept.values())
+    converted = {}
+    for path in (path for path in paths if path not in kept):
+        target = mirrored[path].with_suffix(".png")
+        if target in taken:  # photo.png and photo.gif: the GIF's result is photo_gif.png
+            target = target.with_name(f"{path.stem}_{path.suffix.lstrip('.').lower()}.png")
+        first, number = target, 1
+        while target in taken:
+            target, number = first.with_name(f"{first.stem}_{number}.png"), number + 1
+        taken.add(target)
+        converted[path] = target
+    return {path: kept.get(path) or converted[path] for path in paths}
 
 
 def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
@@ -179,10 +199,41 @@ def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, pres
     return written, skipped
 
 
+def _move_finished(temporary, output):
+    """Rename a finished video into place; where that fails, it stays beside it under a name that
+    says so (its frames are on disk already) and a warning names it. Returns where it is."""
+    try:
+        os.replace(temporary, output)
+        return output
+    except OSError as error:
+        fallback = output.with_name(f"{output.stem}.unsaved-{os.getpid()}{output.suffix}")
+        os.replace(temporary, fallback)
+        print(f"warning: the video could not be written to {output} ({files.describe(error)}); it is "
+              f"saved as {fallback} instead", file=sys.stderr)
+        return fallback
+
+
+def _until_unreadable(frames, broken):
+    """The frames that ffmpeg can decode; a decoding error ends them (and is noted in `broken`)."""
+    try:
+        yield from frames
+    except (RuntimeError, OSError) as error:
+        broken.append(error)
+
+
+class TruncatedVideo(Exception):
+    """Fewer frames than the video's header promises: the output holds the ones that could be read."""
+
+    def __init__(self, count, expected, path):
+        super().__init__(f"{count} of {expected} frames")
+        self.count, self.expected, self.path = count, expected, path
+
+
 def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
                   report=lambda line: None):
-    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count.
-    The video is written beside `output` and renamed when complete, as images are."""
+    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count
+    and the path written. The video is written beside `output` and renamed when complete, as images
+    are (to a fallback name beside it when that rename fails)."""
     import imageio_ffmpeg  # only videos need it
 
     source, output = Path(source), Path(output)
@@ -190,9 +241,7 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
         raise UserError(f"input video {source} does not exist")
     if output.suffix.lower() not in VIDEO_EXTENSIONS:
         raise UserError(f"output {output} needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
-    if output.exists() and not overwrite:
-        raise UserError(f"output {output} already exists; pass --overwrite to replace it or choose "
-                        f"another name")
+    files.check_new(output, overwrite)
     try:
         frames = imageio_ffmpeg.read_frames(str(source))
         meta = next(frames)
@@ -218,8 +267,8 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
             count += len(batch)
             report(f"frame {count}/{expected}")
 
-        batch = []
-        for raw in frames:
+        batch, broken = [], []
+        for raw in _until_unreadable(frames, broken):
             batch.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(np.float32))
             if len(batch) == batch_size:
                 write(batch)
@@ -227,10 +276,12 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
         if batch:
             write(batch)
         writer.close()
-        os.replace(temporary, output)
+        output = _move_finished(temporary, output)
+        if broken or (isinstance(expected, int) and count < expected - 1):  # rounding: 1 frame
+            raise TruncatedVideo(count, expected, output)
     except BaseException:
         writer.close()
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
-    return count
+    return count, output

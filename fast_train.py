@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import files
 import grids
 import images
 import losses
@@ -158,7 +160,7 @@ def _default(value, default):
 
 
 def save_settings(settings, model_dir):
-    (Path(model_dir) / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    files.write_json(Path(model_dir) / SETTINGS_FILE, dataclasses.asdict(settings))
 
 
 def check_model_folder(model_dir, resume, overwrite):
@@ -181,7 +183,12 @@ def load_settings(model_dir):
     if not path.is_file():
         raise UserError(f"{model_dir} holds no training ({SETTINGS_FILE} is missing); train one with "
                         f"`fast_style.py train --model {model_dir}`")
-    return settings_from_dict(json.loads(path.read_text()))
+    try:
+        return settings_from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                        f"it records how the network was trained, so restore it from a copy, or train "
+                        f"again with --overwrite") from None
 
 
 def settings_from_dict(values):
@@ -420,14 +427,44 @@ class Checkpoints:
         self.saved_step = None
 
     def restore_latest(self):
-        if self.manager.latest_checkpoint:
-            self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        if self.manager.latest_checkpoint or any(Path(self.manager.directory).glob("*.index")):
+            restore_intact(self.manager.checkpoint, self.manager.directory,
+                           lambda status: status.assert_existing_objects_matched())
             self.saved_step = int(self.step.numpy())
 
     def save(self):
         if self.saved_step != int(self.step.numpy()):
             self.manager.save(checkpoint_number=int(self.step.numpy()))
             self.saved_step = int(self.step.numpy())
+
+
+def restore_intact(checkpoint, folder, check=lambda status: status):
+    """Restore the newest checkpoint in `folder` that reads; a damaged newer one is passed over
+    with a note (the earlier one loses at most --checkpoint-every steps). A UserError when none
+    reads. Returns the path restored."""
+    state = tf.train.get_checkpoint_state(str(folder))
+    listed = list(state.all_model_checkpoint_paths) if state else []
+    found = sorted({path[:-len(".index")] for path in map(str, Path(folder).glob("*.index"))},
+                   key=_checkpoint_number)
+    candidates = list(dict.fromkeys(reversed(listed + [p for p in found if p not in listed])))
+    if not candidates:
+        raise UserError(f"{Path(folder).parent} holds no checkpoint yet; train first")
+    for number, path in enumerate(candidates):
+        try:
+            check(checkpoint.restore(path))
+        except Exception as error:  # TensorFlow raises OpError, IndexError, ValueError, AssertionError
+            reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            print(f"note: checkpoint {path} is damaged ({reason}); trying an earlier one", file=sys.stderr)
+            continue
+        if number:
+            print(f"note: using the earlier intact checkpoint {path}", file=sys.stderr)
+        return path
+    raise UserError(f"every checkpoint in {folder} is damaged; train again with --overwrite")
+
+
+def _checkpoint_number(path):
+    tail = path.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def train(settings, model_dir, network, resume=False, overwrite=False, checkpoint_every=500,
@@ -478,7 +515,11 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
             status = "interrupted"
             break
         stage = settings.stage(int(training.step.numpy()))
-        terms, total, last = training.train_step(next(batches), stage2=stage == 2)
+        try:
+            terms, total, last = training.train_step(next(batches), stage2=stage == 2)
+        except KeyboardInterrupt:  # a second Ctrl-C: this step is dropped, the last one is saved
+            status = "interrupted"
+            break
         if not np.isfinite(float(total)):
             status = "diverged"
             break
@@ -487,7 +528,7 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         step = int(training.step.numpy())
         clock = clock or time.perf_counter()  # from the end of the first step, which also compiles
         if chief:
-            log.write(step, stage, terms, total)
+            log.write(step, stage, terms, total)  # a failing write is a warning (LossLog)
             done = step - start_step - 1  # timed steps
             elapsed, left = progress.eta(clock, done, total_steps - start_step - 1)
             speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
@@ -500,7 +541,11 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         if step % checkpoint_every == 0:
             checkpoints.save()
         if chief and step % preview_every == 0:
-            save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
+            try:
+                save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
+            except OSError as error:
+                print(f"\nwarning: the preview of step {step} could not be written "
+                      f"({files.describe(error)}); training goes on", file=sys.stderr)
     if status != "diverged":
         checkpoints.save()
     if chief and status != "done":
@@ -528,20 +573,28 @@ class LossLog:
         self.path = Path(model_dir) / LOSSES_FILE
         if self.path.exists():
             kept = [entry for entry in read_losses(model_dir) if entry["step"] <= step]
-            temporary = self.path.with_name(f".{self.path.name}.part")
-            temporary.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
-            os.replace(temporary, self.path)
+            files.write_text(self.path, "".join(json.dumps(entry) + "\n" for entry in kept))
 
     def write(self, step, stage, terms, total):
         values = {name: float(value) for name, value in terms.items()}
-        with open(self.path, "a") as log:
-            log.write(json.dumps({"step": step, "stage": stage, **values, "total": float(total)}) + "\n")
+        try:
+            with open(self.path, "a") as log:
+                log.write(json.dumps({"step": step, "stage": stage, **values, "total": float(total)}) + "\n")
+        except OSError as error:  # the checkpoints matter more: warn once a step, go on
+            print(f"\nwarning: {self.path} could not be written ({files.describe(error)}); training "
+                  f"goes on", file=sys.stderr)
 
 
 def read_losses(model_dir):
-    """The lines of a model folder's losses.jsonl, as dicts."""
+    """The lines of a model folder's losses.jsonl, as dicts; a line cut short by a crash is dropped."""
     path = Path(model_dir) / LOSSES_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    entries = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
 
 
 def plot_losses(model_dir, settings):
