@@ -303,10 +303,10 @@ class PerceptualLoss:
                         "pixel": settings.pixel_weight, "tv": settings.tv_weight}
         self.content_vgg = VGG(network, list(settings.content_layers), pooling="max")
         self.vgg = VGG(network, list(settings.content_layers) + list(settings.style_layers), pooling="max")
-        self.vgg.check_size("style image", *style_image.shape[:2], "use a larger style image or "
-                            "--style-size, or shallower layers")
         self.vgg.check_size("training crop", settings.image_size, settings.image_size,
                             f"--image-size must be at least {self.vgg.min_size}, or use shallower layers")
+        self.vgg.check_size("style image", *style_image.shape[:2], "use a larger style image or "
+                            "--style-size, or shallower layers")
         features = self.vgg(tf.constant(style_image[np.newaxis]))
         self.style_grams = {name: losses.gram_matrix(features[name], normalize=True)
                             for name in settings.style_layers}

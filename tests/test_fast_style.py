@@ -142,6 +142,7 @@ def test_a_model_folder_holds_one_training(trained, inputs, tiny16, capsys):
     assert "--image-size 32, not 64" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_to_resume_from(inputs, tiny16, tmp_path):
     model = tmp_path / "model"
     process = subprocess.Popen(
@@ -161,6 +162,7 @@ def test_ctrl_c_saves_a_checkpoint_to_resume_from(inputs, tiny16, tmp_path):
     assert step >= 2 and f"step {step} is saved" in err
 
 
+@pytest.mark.slow
 def test_two_devices_train_as_one(trained, inputs, tiny16, tmp_path):
     """MirroredStrategy over two logical CPUs computes the same steps as one device."""
     script = f"""

@@ -216,6 +216,7 @@ def test_a_user_mistake_prints_one_line_and_no_tensorflow_chatter(tmp_path, tiny
     assert err.strip().splitlines() == [f"error: content image {tmp_path / 'missing.jpg'} does not exist"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_current_image(tmp_path, tiny_mat, image_files):
     content, style = image_files
     out, log = tmp_path / "out.png", tmp_path / "progress.jsonl"

@@ -248,6 +248,7 @@ def study_args(inputs, tiny16, out, *extra):
             "--stage1-steps", 2, "--stage2-steps", 2, *TINY, *extra]
 
 
+@pytest.mark.slow
 def test_the_study_compares_both_runs_and_resumes(inputs, tiny16, tmp_path, monkeypatch, capsys, no_export):
     """Interrupted at B's stage boundary (4 steps of A, 2 of B), resumed, then the sheet and plots."""
     out = tmp_path / "study"
