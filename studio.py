@@ -526,16 +526,16 @@ class Studio:
 
     def stylize_with_model(self, name, data, preserve_colors=False):
         """One pass of a trained network over an uploaded image or webcam frame; PNG bytes."""
-        import feedforward
+        import fast_apply
         with tempfile.TemporaryDirectory() as scratch:
             source = Path(scratch) / "frame"
             source.write_bytes(data)
             self.check_image(source, "the image")
             with self._stylizer_lock:  # one at a time: each pass uses every core
                 if name not in self._stylizers:
-                    self._stylizers[name] = feedforward.Stylizer(self.models_dir / name)
+                    self._stylizers[name] = fast_apply.Stylizer(self.models_dir / name)
                 try:
-                    output, failure = feedforward.stylize_image(
+                    output, failure = fast_apply.stylize_image(
                         self._stylizers[name], source, Path(scratch) / "out.png", overwrite=True,
                         preserve_colors=preserve_colors)
                 except UserError as error:  # e.g. too small for the network: name no server path
