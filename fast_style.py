@@ -27,8 +27,8 @@ STUDY_DEFINING = tuple(name for name in DEFINING if name not in ("data", "seed")
     "mnist", "digits", "held_out", "seeds")
 # Chosen by measurement (docs/two_stage.md, "Choosing the defaults"): on VGG16, the stylized digits
 # stay readable in the painting's colours, and the whole study fits in 20 minutes on two CPU cores.
-STUDY_DEFAULTS = {"image_size": 32, "encoder": "vgg:relu3_1", "stage1_steps": 300, "stage2_steps": 300,
-                  "seeds": (0, 1, 2)}
+STUDY_DEFAULTS = {"image_size": 32, "style_weight": 500.0, "tv_weight": 1e-4, "encoder": "vgg:relu3_1",
+                  "stage1_steps": 300, "stage2_steps": 300, "seeds": (0, 1, 2)}
 
 
 def parse_args(argv):
@@ -74,7 +74,10 @@ def parse_args(argv):
     export.add_argument("--model", required=True, type=Path, help="a model folder")
 
     study = commands.add_parser("study-digits", help="train on handwritten digits with and without stage "
-                                "2 and compare (the two-stage schedule's worked example)")
+                                "2 and compare (the two-stage schedule's worked example)",
+                                epilog="The study's own defaults (chosen on VGG16, docs/two_stage.md): " + " ".join(
+                                    f"--{name.replace('_', '-')} {_shown(value)}"
+                                    for name, value in STUDY_DEFAULTS.items()))
     study.add_argument("--out", required=True, type=Path, help="the study folder to write")
     study.add_argument("--style", type=Path, help="the style image")
     study.add_argument("--mnist", type=Path, help="MNIST as a local .npz (Keras' mnist.npz) or IDX file "
@@ -94,6 +97,10 @@ def parse_args(argv):
                                            "for N, then stage 2 for M"), STUDY_DEFAULTS)
     _add_run(study.add_argument_group("run"))
     return parser.parse_args(argv)
+
+
+def _shown(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _add_recipe(group, image_size, seed=True):
