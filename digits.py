@@ -21,7 +21,6 @@ Digits are white on black (MNIST's convention), as RGB 0..255 at --image-size.
 import dataclasses
 import gzip
 import json
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import feedforward
+import files
 import images
 from errors import UserError
 from quiet_tf import tf
@@ -243,7 +243,7 @@ def run_study(out, study, network, resume=False, overwrite=False, checkpoint_eve
         study.source = f"{source.name}, resized from {source.raw.shape[1]} to {study.settings.image_size} px"
         _write_digits(out / DATA, as_rgb(source.raw[:study.digits], study.settings.image_size))
         _write_digits(out / HELD_OUT_DIR, as_rgb(source.raw[study.digits:needed], study.settings.image_size))
-        (out / STUDY_FILE).write_text(json.dumps(dataclasses.asdict(study), indent=2) + "\n")
+        files.write_json(out / STUDY_FILE, dataclasses.asdict(study))
     options = dict(checkpoint_every=checkpoint_every, preview_every=preview_every, print_every=print_every)
     for seed in study.seeds:
         runs = study.runs(seed)
@@ -288,11 +288,11 @@ def _train_shared(settings, model, network, steps, options, stop, report):
 
 def _branch(a, b, settings):
     """Run B's folder: a copy of run A's at the end of the shared steps, with B's settings."""
-    temporary = b.with_name(f".{b.name}.{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    shutil.copytree(a, temporary)
-    feedforward.save_settings(settings, temporary)
-    os.replace(temporary, b)
+    def write(temporary):
+        shutil.copytree(a, temporary, dirs_exist_ok=True)
+        feedforward.save_settings(settings, temporary)
+
+    files.write_atomic(b, write, folder=True)
 
 
 def _check_folder(out, overwrite):
@@ -340,7 +340,7 @@ def _write_results(out, study, source, loss):
                                    **held_out_losses(loss, held, output)}
             stylized[seed, run] = output[shown]
     report = build_report(study, reader, reader.accuracy(held, labels), measured, loss.weights)
-    _replace(out / REPORT, lambda path: path.write_text(json.dumps(report, indent=1) + "\n"))
+    files.write_json(out / REPORT, report)
     rows = [(stylized[seed, run], row_label(run, seed, measured[run][seed]))
             for seed in study.seeds for run in RUNS]
     save_comparison(out / COMPARISON, held[shown], [row for row, _ in rows], [label for _, label in rows],
@@ -351,7 +351,7 @@ def _write_results(out, study, source, loss):
                "weights": loss.weights, "labels": study.labels(),
                "held_out": {run: {str(seed): values for seed, values in measured[run].items()} for run in RUNS},
                "steps": {str(seed): runs for seed, runs in steps.items()}}
-    _replace(out / LOSS_NUMBERS, lambda path: path.write_text(json.dumps(numbers, indent=1) + "\n"))
+    files.write_json(out / LOSS_NUMBERS, numbers)
     save_loss_plot(out / LOSS_PLOT, mean_over_seeds(steps), loss.weights, study.labels(), study.stage1_steps)
     return report
 
@@ -433,13 +433,7 @@ def mean_over_seeds(steps):
 
 def _replace(path, write):
     """Write through a temporary file beside `path`, then rename: never a half-written result."""
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    files.write_atomic(path, write)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ command line, `figures.py`, the benchmark and `stylize.Settings`' own defaults (
 read them from here, so a value is stated once. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
 """
+import math
+
 from errors import UserError
 
 
@@ -18,11 +20,17 @@ def parse_layers(spec, option, style):
     layers = {}
     for item in names:
         name, _, weight = item.partition(":")
+        name = name.strip()
+        if name in layers:
+            raise UserError(f"{option} names {name} twice; give each layer once (with one weight)")
         try:
-            layers[name.strip()] = float(weight) if weight else default
+            layers[name] = float(weight) if weight else default
         except ValueError:
             raise UserError(f"{option}: '{weight}' in '{item}' is not a number; write name:weight, "
                             f"e.g. relu1_1:0.5") from None
+        if not math.isfinite(layers[name]) or layers[name] < 0:
+            raise UserError(f"{option}: the weight of {name} must be a finite number, 0 or more, not "
+                            f"{weight.strip()}")
     return layers
 
 
