@@ -5,7 +5,13 @@ Feature maps are [batch, height, width, channels]; a target broadcasts over the 
     style    E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2,  G = F^T F (unnormalised), N_l channels, M_l positions
 Johnson et al. normalise each layer by its size C*H*W instead:
     content  ||F - P||^2 / (C H W),  style ||G/(C H W) - A||^2 (A computed the same way).
+
+`UNITS` holds the unit systems an image optimisation can use (Settings.loss_units): each source's
+content, per-layer style and TV formulas, so that its weights mean what they meant there.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 from quiet_tf import tf
 
 
@@ -50,6 +56,63 @@ def total_variation_loss(images):
     down = images[:, 1:, :, :] - images[:, :-1, :, :]
     right = images[:, :, 1:, :] - images[:, :, :-1, :]
     return tf.reduce_sum(tf.square(down)) + tf.reduce_sum(tf.square(right))
+
+
+def keras_content_loss(features, target):
+    """The Keras example's content loss: sum (F - P)^2 (no 1/2)."""
+    return tf.reduce_sum(tf.square(features - target))
+
+
+def keras_style_loss(features, target_gram, input_positions):
+    """The Keras example's per-layer style loss, quirk included: sum (G - A)^2 / (4 * 3^2 * S^2) with
+    its constants channels = 3 and size = S = rows * cols of the input image, at every layer (the
+    printed formula has the layer's N_l and M_l there)."""
+    difference = gram_matrix(features) - target_gram
+    return tf.reduce_sum(tf.square(difference)) / (4.0 * 3.0 ** 2 * tf.cast(input_positions, tf.float32) ** 2)
+
+
+def keras_total_variation_loss(images):
+    """The Keras example's TV: sum over the (H-1)(W-1) pixels with a right and a lower neighbour, and
+    over channels, of (dx^2 + dy^2)^1.25."""
+    down = tf.square(images[:, 1:, :-1, :] - images[:, :-1, :-1, :])
+    right = tf.square(images[:, :-1, 1:, :] - images[:, :-1, :-1, :])
+    return tf.reduce_sum(tf.pow(down + right, 1.25))
+
+
+def mean_content_loss(features, target):
+    """Mean over the N*M elements of (F - P)^2 (the TF tutorial's content loss)."""
+    return tf.reduce_mean(tf.square(features - target))
+
+
+def mean_style_loss(features, target_gram):
+    """Mean over the N^2 entries of (G/M - A/M)^2, M the layer's positions (the TF tutorial's per-layer
+    style loss: Grams divided by the number of positions, then a mean squared error)."""
+    shape = tf.shape(features)
+    positions = tf.cast(shape[1] * shape[2], tf.float32)
+    return tf.reduce_mean(tf.square((gram_matrix(features) - target_gram) / positions))
+
+
+def tutorial_total_variation_loss(images):
+    """tf.image.total_variation of the image in 0..1, as the TF tutorial optimises it: the sum of the
+    absolute differences between neighbouring pixels (images here are 0..255, hence the 1/255)."""
+    return tf.reduce_sum(tf.image.total_variation(tf.convert_to_tensor(images) / 255.0))
+
+
+@dataclass(frozen=True)
+class Units:
+    """One source's loss formulas. `style(features, target_gram, input_positions)` gets the target's
+    unnormalised Gram matrix at the output's positions and the input image's H*W."""
+    content: Callable
+    style: Callable
+    tv: Callable
+
+
+UNITS = {
+    "printed": Units(content_loss, lambda features, gram, _: style_loss(features, gram), total_variation_loss),
+    "keras": Units(keras_content_loss, keras_style_loss, keras_total_variation_loss),
+    "tf-tutorial": Units(mean_content_loss, lambda features, gram, _: mean_style_loss(features, gram),
+                         tutorial_total_variation_loss),
+}
 
 
 def _size(features):
