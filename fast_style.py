@@ -6,6 +6,8 @@ stylize images, folders and videos with one forward pass each.
     python fast_style.py export --model out/
     python fast_style.py train ... --encoder vgg:relu3_1 --stage1-steps N --stage2-steps M
     python fast_style.py study-digits --style painting.jpg --out study/
+
+This is the command line; fast_train.py trains, fast_apply.py uses a trained network.
 """
 import argparse
 import os
@@ -15,17 +17,21 @@ from pathlib import Path
 import cli
 import progress
 from errors import UserError
-from presets import parse_layers
-from vgg import PRECISIONS
+from presets import PRECISIONS, parse_layers
 
 # The options that define a training: --resume takes them from the model folder.
 DEFINING = ("style", "data", "network", "variant", "widths", "content_layers", "style_layers",
             "content_weight", "style_weight", "pixel_weight", "tv_weight", "image_size", "style_size",
             "batch_size", "learning_rate", "seed", "encoder", "stage1_steps", "stage2_steps",
             "stage2_learning_rate")
-# Those of the digits study: --resume takes them from its folder.
-STUDY_DEFINING = tuple(name for name in DEFINING if name != "data") + ("mnist", "digits")
-STUDY_DEFAULTS = {"image_size": 32, "encoder": "vgg:relu3_1", "stage1_steps": 300, "stage2_steps": 300}
+# Those of the digits study: --resume takes them from its folder. It runs both schedules for each of
+# several seeds instead of one.
+STUDY_DEFINING = tuple(name for name in DEFINING if name not in ("data", "seed")) + (
+    "mnist", "digits", "held_out", "seeds")
+# Chosen by measurement (docs/two_stage.md, "Choosing the defaults"): on VGG16, the stylized digits
+# stay readable in the painting's colours, and the whole study fits in 20 minutes on two CPU cores.
+STUDY_DEFAULTS = {"image_size": 32, "style_weight": 500.0, "tv_weight": 1e-4, "encoder": "vgg:relu3_1",
+                  "stage1_steps": 300, "stage2_steps": 300, "seeds": (0, 1, 2)}
 
 
 def parse_args(argv):
@@ -71,24 +77,36 @@ def parse_args(argv):
     export.add_argument("--model", required=True, type=Path, help="a model folder")
 
     study = commands.add_parser("study-digits", help="train on handwritten digits with and without stage "
-                                "2 and compare (the two-stage schedule's worked example)")
+                                "2 and compare (the two-stage schedule's worked example)",
+                                epilog="The study's own defaults (chosen on VGG16, docs/two_stage.md): " + " ".join(
+                                    f"--{name.replace('_', '-')} {_shown(value)}"
+                                    for name, value in STUDY_DEFAULTS.items()))
     study.add_argument("--out", required=True, type=Path, help="the study folder to write")
     study.add_argument("--style", type=Path, help="the style image")
     study.add_argument("--mnist", type=Path, help="MNIST as a local .npz (Keras' mnist.npz) or IDX file "
                        "(train-images-idx3-ubyte[.gz]); default: scikit-learn's 8x8 digits, upscaled")
     study.add_argument("--digits", type=cli.positive_int, help="how many digits to train on (default 1000)")
+    study.add_argument("--held-out", type=cli.positive_int, help="how many other digits to measure the networks on "
+                       "(default 200)")
+    study.add_argument("--seeds", help="comma-separated seeds; both runs are trained for each (default "
+                       f"{','.join(map(str, STUDY_DEFAULTS['seeds']))})")
     study.add_argument("--network", type=Path, help="the VGG .mat file (as for train)")
     study.add_argument("--resume", action="store_true", help="continue the study in --out")
     study.add_argument("--overwrite", action="store_true", help="start over in an --out folder that "
                        "already holds a study")
-    _add_recipe(study.add_argument_group("recipe (as for train)"), image_size=STUDY_DEFAULTS["image_size"])
+    _add_recipe(study.add_argument_group("recipe (as for train)"), image_size=STUDY_DEFAULTS["image_size"],
+                seed=False)
     _add_schedule(study.add_argument_group("schedule: run A trains stage 1 for N + M steps, run B stage 1 "
                                            "for N, then stage 2 for M"), STUDY_DEFAULTS)
     _add_run(study.add_argument_group("run"))
     return parser.parse_args(argv)
 
 
-def _add_recipe(group, image_size):
+def _shown(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_recipe(group, image_size, seed=True):
     group.add_argument("--variant", choices=("improved", "paper"), help="improved (default): instance "
                        "norm, resize-convolution, reflection padding; paper: batch norm, transposed "
                        "convolution, zero padding")
@@ -105,7 +123,8 @@ def _add_recipe(group, image_size):
                        "--image-size)")
     group.add_argument("--batch-size", type=cli.positive_int, help="images per step, over all devices (default 4)")
     group.add_argument("--learning-rate", type=cli.positive_float, help="Adam's (default 1e-3)")
-    group.add_argument("--seed", type=cli.seed, help="initial weights, order of the data and crops (default 0)")
+    if seed:
+        group.add_argument("--seed", type=cli.seed, help="initial weights, order of the data and crops (default 0)")
 
 
 def _add_schedule(group, defaults=None):
@@ -144,6 +163,8 @@ def given_settings(args, names):
             value = str(value.resolve())
         elif name == "widths":
             value = parse_widths(value)
+        elif name == "seeds":
+            value = parse_seeds(value)
         elif name.endswith("_layers"):
             value = parse_layers(value, "--" + name.replace("_", "-"), style=name == "style_layers")
         given[name] = value
@@ -152,10 +173,10 @@ def given_settings(args, names):
 
 def settings_from(args):
     """The training's Settings: the model folder's with --resume, else the options given."""
-    import feedforward
+    import fast_train
     given = given_settings(args, DEFINING)
     if args.resume:
-        settings = feedforward.load_settings(args.model)
+        settings = fast_train.load_settings(args.model)
         for name, value in given.items():
             if value != getattr(settings, name):
                 option = "--" + name.replace("_", "-")
@@ -171,7 +192,7 @@ def settings_from(args):
             given["network"] = str(vgg.ensure_default().resolve())
         if "stage1_steps" in given or "stage2_steps" in given:  # one stage given: the other is 0 steps
             given = {"stage1_steps": 0, "stage2_steps": 0, **given}
-        settings = feedforward.Settings(**given)
+        settings = fast_train.Settings(**given)
     if args.epochs is not None:
         if settings.stage1_steps is not None:
             raise UserError(f"--stage1-steps {settings.stage1_steps} and --stage2-steps "
@@ -189,8 +210,15 @@ def parse_widths(text):
         raise UserError(f"--widths takes three channel counts such as 32,64,128, not '{text}'") from None
 
 
+def parse_seeds(text):
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--seeds takes numbers such as 0,1,2, not '{text}'") from None
+
+
 def run_train(args):
-    import feedforward
+    import fast_train
     import vgg
     settings = settings_from(args)
     network = vgg.load(settings.network)
@@ -199,7 +227,7 @@ def run_train(args):
     line = progress.LiveLine()
     with progress.graceful_interrupt() as stop_request:
         try:
-            result = feedforward.train(settings, args.model, network, resume=args.resume,
+            result = fast_train.train(settings, args.model, network, resume=args.resume,
                                        overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                                        preview_every=args.preview_every,
                                        print_every=args.print_every, devices=devices,
@@ -208,7 +236,7 @@ def run_train(args):
             line.close()
     if result.unreadable:
         print(f"skipped {result.unreadable} unreadable image files in {settings.data}", file=sys.stderr)
-    checkpoints = args.model / feedforward.CHECKPOINTS
+    checkpoints = args.model / fast_train.CHECKPOINTS
     if result.status == "diverged":
         print(f"error: the loss stopped being finite at step {result.step + 1}; the last checkpoint in "
               f"{checkpoints} is kept. Lower --learning-rate or the loss weights.", file=sys.stderr)
@@ -219,21 +247,21 @@ def run_train(args):
               f"{args.model}`", file=sys.stderr)
         return 130
     if result.exported:
-        print(f"trained {result.step} steps; exported {args.model / feedforward.SAVED_MODEL} and "
-              f"{args.model / feedforward.TFLITE_FILE}")
+        print(f"trained {result.step} steps; exported {args.model / fast_train.SAVED_MODEL} and "
+              f"{args.model / fast_train.TFLITE_FILE}")
     else:
         print(f"trained {result.step} steps; worker 0 writes {args.model}")
     return 0
 
 
 def run_stylize(args):
-    import feedforward
+    import fast_apply
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive number, not {args.batch_size}")
     source, output = args.input, args.output
     if not source.exists():
         raise UserError(f"input {source} does not exist")
-    is_video = source.is_file() and source.suffix.lower() in feedforward.VIDEO_EXTENSIONS
+    is_video = source.is_file() and source.suffix.lower() in fast_apply.VIDEO_EXTENSIONS
     if output.exists() and source.exists() and os.path.samefile(source, output):
         raise UserError(f"--output {output} is the input; the result would replace it, so choose "
                         f"another name (even with --overwrite)")
@@ -243,11 +271,11 @@ def run_stylize(args):
     elif not is_video:
         import images
         images.check_writable(output, args.overwrite)
-    stylizer = feedforward.Stylizer(args.model, args.precision)
+    stylizer = fast_apply.Stylizer(args.model, args.precision)
     line = progress.LiveLine()
     try:
         if source.is_dir():
-            written, skipped = feedforward.stylize_folder(
+            written, skipped = fast_apply.stylize_folder(
                 stylizer, source, output, args.batch_size, args.overwrite, args.preserve_colors, line.show)
             line.close()
             for reason in skipped:
@@ -255,9 +283,9 @@ def run_stylize(args):
             print(f"stylized {written} images into {output}")
         elif is_video:
             try:
-                count, written = feedforward.stylize_video(stylizer, source, output, args.batch_size,
-                                                           args.overwrite, args.preserve_colors, line.show)
-            except feedforward.TruncatedVideo as short:
+                count, written = fast_apply.stylize_video(stylizer, source, output, args.batch_size,
+                                                          args.overwrite, args.preserve_colors, line.show)
+            except fast_apply.TruncatedVideo as short:
                 line.close()
                 print(f"warning: {source} ended after {short.count} of the {short.expected} frames its "
                       f"header promises (a truncated file?); {short.path} holds those {short.count}",
@@ -268,7 +296,7 @@ def run_stylize(args):
                 return 1  # the warning said where the video went
             print(f"stylized {count} frames into {output}")
         else:
-            saved, failure = feedforward.stylize_image(stylizer, source, output, args.overwrite,
+            saved, failure = fast_apply.stylize_image(stylizer, source, output, args.overwrite,
                                                        args.preserve_colors)
             if failure is not None:
                 return 1  # the warning said where the image went
@@ -283,7 +311,7 @@ def run_stylize(args):
 
 def run_study(args):
     import digits
-    import feedforward
+    import fast_train
     import vgg
     given = given_settings(args, STUDY_DEFINING)
     if args.resume:
@@ -298,9 +326,9 @@ def run_study(args):
             given["network"] = str(vgg.ensure_default().resolve())
         values = {**STUDY_DEFAULTS, **given}
         stages = values.pop("stage1_steps"), values.pop("stage2_steps")
-        mnist, count = values.pop("mnist", None), values.pop("digits", digits.DEFAULT_DIGITS)
-        settings = feedforward.Settings(data=str((args.out / digits.DATA).resolve()), **values)
-        study = digits.Study(settings, *stages, mnist=mnist, digits=count)
+        shape = {name: values.pop(name) for name in ("seeds", "mnist", "digits", "held_out") if name in values}
+        settings = fast_train.Settings(data=str((args.out / digits.DATA).resolve()), **values)
+        study = digits.Study(settings, *stages, **shape)
     network = vgg.load(study.settings.network)
     study.settings = study.settings.with_defaults(network)
     line = progress.LiveLine()
@@ -312,24 +340,25 @@ def run_study(args):
                                       stop=lambda: bool(stop_request), report=line.show)
         finally:
             line.close()
+    which = f"run {result.run} of seed {result.seed}"
     if result.status == "diverged":
-        print(f"error: the loss of run {result.run} stopped being finite at step {result.step + 1}. Lower "
+        print(f"error: the loss of {which} stopped being finite at step {result.step + 1}. Lower "
               f"--learning-rate, --stage2-learning-rate or the loss weights.", file=sys.stderr)
         return 1
     if result.status == "interrupted":
-        print(f"interrupted: run {result.run} is saved at step {result.step}; continue with `fast_style.py "
+        print(f"interrupted: {which} is saved at step {result.step}; continue with `fast_style.py "
               f"study-digits --out {args.out} --resume`", file=sys.stderr)
         return 130
-    for run, terms in result.held_out.items():
-        values = "  ".join(f"{name} {value:.4g}" for name, value in terms.items())
-        print(f"held-out digits, run {run}: {values}")
-    print(f"wrote {args.out / digits.COMPARISON}, {args.out / digits.LOSS_PLOT} and {args.out / digits.LOSS_NUMBERS}")
+    for line in digits.summary_lines(result.report):
+        print(line)
+    written = (digits.REPORT, digits.COMPARISON, digits.LOSS_PLOT, digits.LOSS_NUMBERS)
+    print(f"wrote {', '.join(str(args.out / name) for name in written)}")
     return 0
 
 
 def run_export(args):
-    import feedforward
-    saved, tflite = feedforward.export(args.model)
+    import fast_apply
+    saved, tflite = fast_apply.export(args.model)
     print(f"exported {saved} and {tflite}")
     return 0
 

@@ -260,7 +260,8 @@ class Studio:
     def open(self):
         """Read the runs on disk and start the worker. A run that was running when the server
         stopped is interrupted (its last snapshot is its image); queued runs queue again."""
-        import neural_style  # noqa: F401  (TensorFlow: imported here, not in the first request)
+        from quiet_tf import tf
+        tf.constant(0.0)  # TensorFlow loads now, not in the first request (6 s on a loaded machine)
         try:
             self.uploads_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -526,16 +527,16 @@ class Studio:
 
     def stylize_with_model(self, name, data, preserve_colors=False):
         """One pass of a trained network over an uploaded image or webcam frame; PNG bytes."""
-        import feedforward
+        import fast_apply
         with tempfile.TemporaryDirectory() as scratch:
             source = Path(scratch) / "frame"
             source.write_bytes(data)
             self.check_image(source, "the image")
             with self._stylizer_lock:  # one at a time: each pass uses every core
                 if name not in self._stylizers:
-                    self._stylizers[name] = feedforward.Stylizer(self.models_dir / name)
+                    self._stylizers[name] = fast_apply.Stylizer(self.models_dir / name)
                 try:
-                    output, failure = feedforward.stylize_image(
+                    output, failure = fast_apply.stylize_image(
                         self._stylizers[name], source, Path(scratch) / "out.png", overwrite=True,
                         preserve_colors=preserve_colors)
                 except UserError as error:  # e.g. too small for the network: name no server path
