@@ -5,7 +5,8 @@
     python figures.py figure-init --content tubingen.jpg --style the_scream.jpg --out fig6/
 
 Every run uses the gatys2016 preset (the normalised network, L-BFGS, white noise, relu4_2 content
-layer, average pooling) unless an option says otherwise. Each tile is written to OUT/tiles/ with its
+layer, average pooling, the authors' loss units) with `--balance auto` unless an option says
+otherwise, so that the paper's alpha/beta gives the paper's balance on the network at hand. Each tile is written to OUT/tiles/ with its
 exact settings beside it (JSON) and reused when it exists, so an interrupted figure continues where
 it stopped; the grid is OUT/<figure>.png, with OUT/<figure>.json recording every tile.
 """
@@ -23,6 +24,7 @@ import images
 import progress
 import vgg
 from errors import UserError
+from neural_style import balance_value
 from presets import settings_for_preset
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -52,6 +54,10 @@ def parse_args(argv):
     common.add_argument("--normalize-network", action=argparse.BooleanOptionalAction, default=True,
                         help="the paper's rescaled network (default on)")
     common.add_argument("--seed", type=int, default=0, help="seed of the white-noise starting image")
+    common.add_argument("--loss-units", choices=("authors", "printed"), default="authors",
+                        help="authors (default: the paper's ratios are in these) or printed")
+    common.add_argument("--balance", type=balance_value, default="auto",
+                        help="auto (default): calibrate beta on this network; off; or the factor")
     two = figures.add_parser("figure2", parents=[common], help="one content image in several styles (Fig. 2)")
     two.add_argument("--style", type=Path, nargs="+", required=True)
     two.add_argument("--ratio", type=float, default=1e-3, help="alpha/beta (the paper: 1e-3 or 1e-4)")
@@ -75,7 +81,8 @@ def run(args):
     style_images = [images.load_image(path, "style image") for path in styles]
     network = vgg.load(args.network if args.network else vgg.ensure_default())
     base = settings_for_preset("gatys2016", iterations=args.iterations, optimizer=args.optimizer,
-                               normalize_network=args.normalize_network, seed=args.seed)
+                               normalize_network=args.normalize_network, seed=args.seed,
+                               loss_units=args.loss_units, balance=args.balance)
     if args.figure == "figure2":
         tiles = [[Tile(_stem(path), _with_ratio(base, args.ratio), [image])
                   for path, image in zip(styles, style_images)]]
@@ -102,6 +109,14 @@ def run(args):
         tiles = [[Tile(name.replace(" ", "_"), s, style_images) for name, s in starts]]
         grid = Grid(rows=[""], columns=[name for name, _ in starts], insets=False)
     return render(args, network, content, style_images, tiles, grid)
+
+
+def _recorded_factor(tile_path):
+    """The balance factor a reused tile was made with, from its settings file."""
+    try:
+        return json.loads(tile_path.with_suffix(".json").read_text()).get("balance_factor")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _stem(path):
@@ -165,6 +180,7 @@ def render(args, network, content, style_images, tiles, grid):
             records.append({**record, "file": str(path.relative_to(args.out))})
             if path.exists():
                 results[tile.name] = images.load_image(path)
+                records[-1]["balance_factor"] = _recorded_factor(path)
                 print(f"tile {number}/{len(todo)} {tile.name}: reusing {path}", file=sys.stderr)
                 continue
             line = progress.LiveLine()
@@ -182,6 +198,7 @@ def render(args, network, content, style_images, tiles, grid):
                       f"the same command finishes the figure (this tile starts over)", file=sys.stderr)
                 return 130
             images.save_image(path, result.image)
+            record = records[-1] = {**records[-1], "balance_factor": result.balance}
             path.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
             results[tile.name] = result.image
     rows = [[content] + [results[t.name] for t in row] if grid.columns[0] == "content"

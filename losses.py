@@ -1,11 +1,24 @@
 """The losses of Gatys et al. (2015, 2016) and of Johnson et al. (2016), on VGG feature maps.
 
-Feature maps are [batch, height, width, channels]; a target broadcasts over the batch. Gatys et al.:
-    content  Lc  = 1/2 sum (F - P)^2
-    style    E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2,  G = F^T F (unnormalised), N_l channels, M_l positions
+Feature maps are [batch, height, width, channels]; a target broadcasts over the batch. N_l is a
+layer's channels, M_l its positions (height x width), G = F^T F the unnormalised Gram matrix and A
+the style image's, at the M_l positions it is compared with. Gatys et al.'s losses come in unit
+systems (`UNITS`, chosen by `stylize.Settings.loss_units`), which differ by size-dependent constants,
+so that the same alpha/beta means a different balance in each:
+    "printed"  the paper's formulas as printed (and the course write-up's):
+               content  Lc  = 1/2 sum (F - P)^2
+               style    E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2
+    "authors"  the authors' implementation, which averages instead of summing:
+               content  Lc  = mean over the N M elements of (F - P)^2 = 1/(N M) sum (F - P)^2
+               style    E_l = mean over the N^2 entries of (G/M - A/M)^2 = 1/(N^2 M^2) sum (G - A)^2
+In "printed" units the content term grows with the image (N M) and the style term does not, so the
+balance point of alpha/beta falls as 1/(H W); in "authors" units it stays put. Both use the summed
+TV loss below. A unit system is one `Units` entry: add one to add a formula set.
 Johnson et al. normalise each layer by its size C*H*W instead:
     content  ||F - P||^2 / (C H W),  style ||G/(C H W) - A||^2 (A computed the same way).
 """
+from dataclasses import dataclass
+
 from quiet_tf import tf
 
 
@@ -33,6 +46,18 @@ def style_loss(features, target_gram):
     return tf.reduce_sum(tf.square(difference)) / (4.0 * channels ** 2 * positions ** 2)
 
 
+def mean_content_loss(features, target):
+    """The authors' Lc = mean over the N M elements of (F - P)^2."""
+    return tf.reduce_mean(tf.square(features - target))
+
+
+def mean_style_loss(features, target_gram):
+    """The authors' E_l = mean over the N^2 entries of (G/M - A/M)^2 for one layer."""
+    shape = tf.shape(features)
+    positions = tf.cast(shape[1] * shape[2], tf.float32)
+    return tf.reduce_mean(tf.square((gram_matrix(features) - target_gram) / positions))
+
+
 def feature_reconstruction_loss(features, target):
     """Johnson et al.'s content loss: ||F - P||^2 / (C H W), averaged over the batch."""
     return tf.reduce_mean(tf.reduce_sum(tf.square(features - target), axis=[1, 2, 3])) / _size(features)
@@ -55,3 +80,29 @@ def total_variation_loss(images):
 def _size(features):
     shape = tf.shape(features)
     return tf.cast(shape[1] * shape[2] * shape[3], features.dtype)
+
+
+@dataclass(frozen=True)
+class Units:
+    """One unit system of Gatys et al.'s losses.
+
+    content(F, P) and style(F, A) for one layer (A: the unnormalised Gram at F's positions), tv(image).
+    `reference_balance` is the alpha/beta that balances the content and style gradients at the
+    starting image on the reference network, in these units: `--balance auto` rescales beta so that
+    the user's alpha/beta stands in the same relation to the network's own balance point (stylize.py).
+    """
+    content: callable
+    style: callable
+    tv: callable
+    reference_balance: float
+    source: str
+
+
+UNITS = {
+    # The paper's Fig. 2 ratio 1e-3 on its normalised VGG19, from white noise: see docs/figures.md.
+    "authors": Units(mean_content_loss, mean_style_loss, total_variation_loss, 1e-3,
+                     "the authors' implementation: means over elements and Gram entries"),
+    # The write-up's own alpha/beta (5/100) on the raw VGG19 from its noise blend.
+    "printed": Units(content_loss, style_loss, total_variation_loss, 5e-2,
+                     "the formulas as printed in the paper (and the write-up): sums"),
+}

@@ -7,10 +7,17 @@ fast (everyday use); every option below overrides its preset. Layer names are th
 output of conv4_2 after its ReLU.
 """
 import argparse
+import dataclasses
+import hashlib
 import json
+import os
+import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 import images
 import progress
@@ -61,6 +68,11 @@ def parse_args(argv):
     loss.add_argument("--style-weight", type=float, help="beta")
     loss.add_argument("--tv-weight", type=float, help="total variation weight")
     loss.add_argument("--pooling", choices=("avg", "max"), help="replace max pooling by average pooling")
+    loss.add_argument("--loss-units", choices=("printed", "authors"),
+                      help="printed: the paper's printed sums (writeup, fast); authors: the authors' "
+                      "means, in which alpha/beta means the same at every size (gatys2016)")
+    loss.add_argument("--balance", type=balance_value, help="auto: rescale beta so that alpha/beta "
+                      "balances the gradients as on the paper's network (fast); off; or the factor")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=("adam", "lbfgs"))
     opt.add_argument("--iterations", type=int, help="Adam steps, or L-BFGS loss evaluations")
@@ -84,6 +96,19 @@ def parse_args(argv):
                      help="also save the image every N iterations as OUTPUT_00100.png, ...")
     out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
     return parser.parse_args(argv)
+
+
+def balance_value(text):
+    """--balance: auto, off or a positive finite factor."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not auto, off or a positive number")
+    return value
 
 
 def settings_from(args):
@@ -159,6 +184,10 @@ def run(args):
         if args.progress_file.exists() and not args.overwrite:
             raise UserError(f"progress file {args.progress_file} already exists; pass --overwrite to "
                             f"replace it or choose another name")
+    if args.progress_file and args.progress_file.with_suffix(".json").resolve() == \
+            args.output.with_suffix(".json").resolve() and args.progress_file.suffix == ".json":
+        raise UserError(f"--progress-file {args.progress_file} is where the run's record goes "
+                        f"({args.output.with_suffix('.json')}); choose another name, e.g. a .jsonl")
     content = images.cap_long_side(images.load_image(args.content, "content image"), max_size)
     styles = [images.load_image(path, "style image") for path in args.style]
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
@@ -172,6 +201,7 @@ def run(args):
         finally:
             monitor.close()
         saved = images.save_image(args.output, result.image, overwrite=args.overwrite)
+    write_record(args, settings, network, result, saved)
     if saved != args.output:
         print(f"{args.output} appeared during the run, so the result went to {saved}", file=sys.stderr)
     if result.status == "diverged":
@@ -185,6 +215,42 @@ def run(args):
         return 130
     print(f"saved {saved}")
     return 0
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_record(args, settings, network, result, saved):
+    """OUTPUT.json beside the result: every option, the settings, the inputs' and the network's
+    SHA-256, the versions, the loss units and the balance factor; written atomically."""
+    import tensorflow
+    inputs = {"content": args.content, "style": args.style, "init_image": args.init_image,
+              "style_mask": args.style_mask}
+    hashes = {name: ([file_sha256(p) for p in value] if isinstance(value, list) else file_sha256(value))
+              for name, value in inputs.items() if value}
+    record = {"options": {k: v for k, v in vars(args).items()},
+              "settings": dataclasses.asdict(settings), "loss_units": settings.loss_units,
+              "balance": settings.balance, "balance_factor": result.balance,
+              "status": result.status, "iterations": result.iterations,
+              "sha256": hashes, "network": network.path, "network_sha256": network.sha256,
+              "versions": {"python": platform.python_version(), "tensorflow": tensorflow.__version__,
+                           "numpy": np.__version__}}
+    path = Path(saved).with_suffix(".json")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(record, indent=2, default=str) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
 
 
 def main(argv=None):

@@ -49,6 +49,7 @@ PRESETS = {
         "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000, "scales": ((1.0, None),),
         "init": "blend", "noise_ratio": 0.75, "pooling": "avg", "max_size": 512,
         "precision": "float32", "normalize_network": False,
+        "loss_units": "printed", "balance": "off",
     },
     # Gatys, Ecker & Bethge, CVPR 2016.
     "gatys2016": {
@@ -58,12 +59,17 @@ PRESETS = {
         "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000, "scales": ((1.0, None),),
         "init": "noise", "noise_ratio": 1.0, "pooling": "avg", "max_size": 512,
         "precision": "float32", "normalize_network": True,
+        # The authors' means: alpha/beta then means the same at every output size.
+        "loss_units": "authors", "balance": "off",
     },
 }
 # The everyday recipe: the write-up's objective, reached as fast as this project can. Measured
 # (docs/speed.md): L-BFGS at one scale beat Adam and coarse-to-fine scales, and bfloat16 (where the
 # CPU has it) with a float32 finish beat float32 alone.
-PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=600, precision="auto")
+# It balances its weights on the network at hand (docs/neural_style.md, "Balance"), so that the quick
+# start gives a styled picture at any size and with any VGG.
+PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=600, precision="auto",
+                       balance="auto")
 
 
 def settings_for_preset(name, **overrides):

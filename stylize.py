@@ -6,8 +6,12 @@ saves checkpoints and can stop the run. The result is always an image: the last 
 or interruption, the last finite one if the loss stops being finite.
 """
 import copy
+import hashlib
+import json
+import os
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.optimize
@@ -23,6 +27,7 @@ from vgg import VGG, resolve_precision
 INITS = ("blend", "noise", "content", "style", "image")
 COLOR_CONTROLS = ("none", "luminance", "histogram")
 OPTIMIZERS = ("adam", "lbfgs")
+BALANCES = ("auto", "off")  # or a positive number: the factor itself
 
 
 def _writeup(name):
@@ -54,6 +59,8 @@ class Settings:
     scales: tuple = _writeup("scales")  # (fraction of the output size, iterations or None: `iterations`)
     recompute: object = "auto"  # True, False, or "auto": when activations would not fit in memory
     normalize_network: bool = _writeup("normalize_network")  # Gatys et al.'s rescaled weights (vgg.normalize)
+    loss_units: str = _writeup("loss_units")  # a key of losses.UNITS: "printed" sums or the "authors'" means
+    balance: object = _writeup("balance")  # "off", "auto" (calibrate beta; balance_factor) or the factor
 
 
 @dataclass
@@ -79,10 +86,12 @@ class Result:
     image: np.ndarray
     iterations: int  # the iteration the image belongs to
     status: str  # "done", "interrupted" or "diverged"
+    balance: float = 1.0  # the factor beta was multiplied by (settings.balance resolved)
 
 
 class Objective:
-    """alpha * content + beta * style + tv_weight * TV of an image, against fixed targets.
+    """alpha * content + balance * beta * style + tv_weight * TV of an image, against fixed targets,
+    in the unit system `settings.loss_units` (losses.UNITS).
 
     Each style image has a blend weight, optionally its own subset of the style layers (scale
     control: the fine layers of one style with the coarse layers of another) and optionally a mask
@@ -90,11 +99,12 @@ class Objective:
     features). At each layer, the blend weights of the styles that use it are normalised to sum 1.
     """
 
-    def __init__(self, vgg, content, styles, blend_weights, settings, masks=None):
+    def __init__(self, vgg, content, styles, blend_weights, settings, masks=None, balance=1.0):
         self.vgg = vgg
+        self.units = losses.UNITS[settings.loss_units]
         self.content_layers = settings.content_layers
-        self.weights = tf.constant([settings.content_weight, settings.style_weight, settings.tv_weight],
-                                   tf.float32)
+        self.settings = settings
+        self.set_balance(balance)
         features = vgg(content[np.newaxis])
         self.content_targets = {name: features[name] for name in self.content_layers}
         layer_sets = settings.style_layer_sets or [list(settings.style_layers)] * len(styles)
@@ -117,15 +127,30 @@ class Objective:
                 gram = losses.gram_matrix(style) * (compared / int(np.prod(style.shape[1:3])))
                 self.style_terms.append((name, weight * blend_weights[i] / share, gram, mask))
 
+    def set_balance(self, balance):
+        """Multiply beta by `balance` from now on (before the loss is first compiled)."""
+        settings = self.settings
+        self.weights = tf.constant([settings.content_weight, balance * settings.style_weight,
+                                    settings.tv_weight], tf.float32)
+
+    def gradient_norms(self, image):
+        """|grad Lc| and |grad Ls| at a [H, W, 3] image (the terms before alpha and beta)."""
+        x = tf.constant(np.asarray(image, np.float32)[np.newaxis])
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            terms = self.terms(x)
+            content, style = terms[0], terms[1]
+        return float(tf.norm(tape.gradient(content, x))), float(tf.norm(tape.gradient(style, x)))
+
     def terms(self, image):
         """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
         features = self.vgg(image)
-        content = tf.add_n([weight * losses.content_loss(features[name], self.content_targets[name])
+        units = self.units
+        content = tf.add_n([weight * units.content(features[name], self.content_targets[name])
                             for name, weight in self.content_layers.items()])
-        style = tf.add_n([weight * losses.style_loss(features[name] if mask is None else features[name] * mask,
-                                                     gram)
+        style = tf.add_n([weight * units.style(features[name] if mask is None else features[name] * mask, gram)
                           for name, weight, gram, mask in self.style_terms])
-        return tf.stack([content, style, losses.total_variation_loss(image)])
+        return tf.stack([content, style, units.tv(image)])
 
     def total(self, terms):
         return tf.reduce_sum(self.weights * terms)
@@ -206,15 +231,23 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             _check_size(f"style image {j + 1}" if len(styles) > 1 else "style image", style, net)
         scaled_masks = masks and [None if mask is None else images.resize_mask(mask, height, width)
                                   for mask in masks]
-        objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+        if image is None:
+            start = np.clip(initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel,
+                                          init_image), 0.0, 255.0)
+            make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+            # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from:
+            # from the content the content gradient is 0, and every start shares one objective.
+            noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
+                                          scaled_styles[0], network.mean_pixel), 0.0, 255.0)
+            balance = resolve_balance(settings, lambda: make(net_for("float32", height, width)),
+                                      network, noise, scaled_content, scaled_styles, scaled_masks)
+        else:
+            start = images.resize(image, height, width)
+        objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks, balance)
         exact = None
         if reduced and settings.optimizer == "lbfgs":
             exact = lambda: Objective(net_for("float32", height, width), scaled_content, scaled_styles,
-                                      blend, settings, scaled_masks)
-        if image is None:
-            start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
-        else:
-            start = images.resize(image, height, width)
+                                      blend, settings, scaled_masks, balance)
         colours = images.resize(original_content, height, width)
         finish = (lambda x, colours=colours: images.with_colors_of(x, colours)) \
             if settings.color_control == "luminance" else (lambda x: x)
@@ -227,7 +260,76 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             image, done, status = _lbfgs(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
         if status != "done":
             break
-    return Result(report.finish(image), report.iteration_of(done), status)
+    return Result(report.finish(image), report.iteration_of(done), status, balance)
+
+
+def resolve_balance(settings, objective, network, start, content, styles, masks):
+    """The factor beta is multiplied by: 1 ("off"), the given number, or ("auto") the calibration
+
+        factor = reference_balance * |grad Lc| / |grad Ls|   at `start` (white noise),
+
+    so that alpha/beta balances the content and style gradients there as it did on the reference
+    network (alpha/beta = reference_balance: equal gradients). `objective()` builds the float32
+    objective; the factor is cached beside the network, keyed by everything it depends on.
+    """
+    if settings.balance == "off":
+        return 1.0
+    if settings.balance != "auto":
+        return float(settings.balance)
+    digest = hashlib.sha256()
+    for array in [start, content, *styles, *(m for m in masks or () if m is not None)]:
+        digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+    key = json.dumps({"network_sha256": network.sha256, "normalization": network.normalization,
+                      "loss_units": settings.loss_units, "pooling": settings.pooling,
+                      "content_layers": settings.content_layers, "style_layers": settings.style_layers,
+                      "style_layer_sets": settings.style_layer_sets,
+                      "blend": settings.style_blend_weights, "images": digest.hexdigest(),
+                      "format": 1}, sort_keys=True)
+    key = hashlib.sha256(key.encode()).hexdigest()
+    cache = _balance_cache(network)
+    if key in cache:
+        return cache[key]
+    content_norm, style_norm = objective().gradient_norms(start)
+    if not (np.isfinite(content_norm) and np.isfinite(style_norm)) or style_norm <= 0 or content_norm <= 0:
+        raise UserError(f"--balance auto cannot calibrate: at white noise the content gradient is "
+                        f"{content_norm:g} and the style gradient {style_norm:g}; give --balance a number")
+    factor = losses.UNITS[settings.loss_units].reference_balance * content_norm / style_norm
+    _save_balance_cache(network, dict(list(cache.items())[-(BALANCE_CACHE_SIZE - 1):], **{key: factor}))
+    return factor
+
+
+BALANCE_CACHE_SIZE = 200  # factors kept per network (runs without --seed make a new one each)
+
+
+def _balance_path(network):
+    folder = vgg._cache_folder(vgg.Path(network.path))
+    return folder / "balance.json" if folder else None
+
+
+def _balance_cache(network):
+    path = _balance_path(network)
+    try:
+        cache = json.loads(path.read_text()) if path and path.exists() else {}
+        return {k: float(v) for k, v in cache.items()} if isinstance(cache, dict) else {}
+    except (OSError, ValueError, TypeError):  # unreadable: measure again
+        return {}
+
+
+def _save_balance_cache(network, cache):
+    """Atomically, best effort: a run goes on without the cache where it cannot be written."""
+    path = _balance_path(network)
+    if path is None:
+        return
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(cache, out)
+        os.replace(temporary, path)
+    except OSError:
+        os.unlink(temporary)
 
 
 class _Reporter:
@@ -446,6 +548,12 @@ def _check_settings(settings, style_count):
         raise UserError(f"style scale must be positive, not {settings.style_scale}")
     if not 0.0 <= settings.noise_ratio <= 1.0:
         raise UserError(f"noise ratio must be between 0 and 1, not {settings.noise_ratio}")
+    if settings.loss_units not in losses.UNITS:
+        raise UserError(f"loss units must be one of {', '.join(losses.UNITS)}, not '{settings.loss_units}'")
+    balance = settings.balance
+    if balance not in BALANCES and not (isinstance(balance, (int, float)) and np.isfinite(balance)
+                                        and balance > 0):
+        raise UserError(f"balance must be auto, off or a positive number, not '{balance}'")
     if settings.learning_rate <= 0:
         raise UserError(f"learning rate must be positive, not {settings.learning_rate}")
     if not settings.content_layers or not settings.style_layers:

@@ -63,7 +63,7 @@ def test_normalisation_is_cached_by_checksum_photos_and_pooling(tiny_network, mo
 
 def test_sample_photos_come_from_the_scikit_image_wheel():
     photos, description = images.sample_photos(long_side=64)
-    assert len(photos) == 8 and all(max(p.shape[:2]) == 64 and p.shape[2] == 3 for p in photos)
+    assert len(photos) == 6 and all(max(p.shape[:2]) == 64 and p.shape[2] == 3 for p in photos)
     assert "scikit-image" in description and "astronaut" in description
 
 
@@ -209,6 +209,12 @@ def test_figure2_grid_tiles_settings_and_reuse(figure_inputs, tmp_path, monkeypa
     assert len(tiles) == 2 and all(t.with_suffix(".json").exists() for t in tiles)
     record = json.loads(tiles[0].with_suffix(".json").read_text())
     assert record["settings"]["iterations"] == 2 and record["settings"]["style_weight"] == 1.0
+    # The tile says in which units and with which calibration it was made.
+    assert record["settings"]["loss_units"] == "authors" and record["settings"]["balance"] == "auto"
+    assert record["balance_factor"] > 0 and record["balance_factor"] != 1.0
+    assert all(c.loss_units == "authors" and c.balance == "auto" for c in calls)
+    figure = json.loads((out / "figure2.json").read_text())
+    assert all(t["balance_factor"] > 0 for t in figure["tiles"])
     grid = images.load_image(out / "figure2.png")
     assert grid.shape[1] > 3 * 32  # content and two results side by side
     assert len(json.loads((out / "figure2.json").read_text())["tiles"]) == 2

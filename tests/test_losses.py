@@ -56,3 +56,21 @@ def test_johnson_losses_normalise_by_c_h_w_and_average_the_batch():
     style = np.mean([np.sum((gram_by_hand(b[np.newaxis]) / size - a) ** 2) for b in batch])
     got = losses.style_reconstruction_loss(batch, a[np.newaxis].astype(np.float32))
     assert float(got) == pytest.approx(style, rel=1e-4)
+
+
+# ---- the unit systems (issue 12) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("height, width", [(3, 4), (6, 8)])
+def test_unit_systems_against_numpy(height, width):
+    f = rng.standard_normal((1, height, width, 5)).astype(np.float32)
+    p = rng.standard_normal((1, height, width, 5)).astype(np.float32)
+    n, m = 5, height * width
+    g, a = gram_by_hand(f), gram_by_hand(p)
+    diff = f.astype(np.float64) - p
+    printed, authors = losses.UNITS["printed"], losses.UNITS["authors"]
+    assert float(printed.content(f, p)) == pytest.approx(0.5 * np.sum(diff ** 2), rel=1e-5)
+    assert float(authors.content(f, p)) == pytest.approx(np.mean(diff ** 2), rel=1e-5)
+    target = a[np.newaxis].astype(np.float32)
+    assert float(printed.style(f, target)) == pytest.approx(np.sum((g - a) ** 2) / (4 * n ** 2 * m ** 2),
+                                                            rel=1e-4)
+    assert float(authors.style(f, target)) == pytest.approx(np.mean((g / m - a / m) ** 2), rel=1e-4)
