@@ -501,7 +501,13 @@ def _lbfgs(objective, start, iterations, report, exact=None):
                       lambda: x.reshape(start.shape).astype(np.float32)):
             state["status"] = "interrupted"
             raise _Stop
-        return total, gradient.numpy().astype(np.float64).ravel()
+        # With bounds, scipy's L-BFGS-B takes a first step of exactly -gradient: where that moves no
+        # pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line search
+        # fails at once. Hand it the loss scaled so that the first step moves the steepest pixel by
+        # one level (the same minimum); a loss of ordinary scale is left as it is.
+        gradient = gradient.numpy().astype(np.float64).ravel()
+        scale = state.setdefault("scale", max(1.0, 1.0 / max(float(np.abs(gradient).max()), 1e-30)))
+        return total * scale, gradient * scale
 
     try:
         # scipy also ends when a line search finds no decrease: start again from the best image with
