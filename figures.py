@@ -80,9 +80,7 @@ def run(args):
     styles = args.style if isinstance(args.style, list) else [args.style]
     style_images = [images.load_image(path, "style image") for path in styles]
     network = vgg.load(args.network if args.network else vgg.ensure_default())
-    base = settings_for_preset("gatys2016", iterations=args.iterations, optimizer=args.optimizer,
-                               normalize_network=args.normalize_network, seed=args.seed,
-                               loss_units=args.loss_units, balance=args.balance)
+    base = base_settings(args)
     if args.figure == "figure2":
         tiles = [[Tile(_stem(path), _with_ratio(base, args.ratio), [image])
                   for path, image in zip(styles, style_images)]]
@@ -109,6 +107,13 @@ def run(args):
         tiles = [[Tile(name.replace(" ", "_"), s, style_images) for name, s in starts]]
         grid = Grid(rows=[""], columns=[name for name, _ in starts], insets=False)
     return render(args, network, content, style_images, tiles, grid)
+
+
+def base_settings(args):
+    """Every tile's settings before its own ratio, layers and start: gatys2016 as the options say."""
+    return settings_for_preset("gatys2016", iterations=args.iterations, optimizer=args.optimizer,
+                               normalize_network=args.normalize_network, seed=args.seed,
+                               loss_units=args.loss_units, balance=args.balance)
 
 
 def _recorded_factor(tile_path):

@@ -293,3 +293,24 @@ def test_real_network_renders_a_small_figure3(real_network_path, tmp_path):
         path = next(t for t in tiles if t.name.startswith(f"relu1_1+relu2_1+relu3_1+relu4_1+relu5_1_{ratio}_"))
         return np.abs(images.load_image(path) - images.load_image(content)).mean()
     assert distance("0.0001") > distance("0.01")
+
+
+def test_a_real_figure2_tile_at_its_defaults_is_styled(real_network_path):
+    """With real weights: the default tile moves well towards the painting's style while staying
+    much nearer the photo than white noise is."""
+    from pathlib import Path as _Path
+    net = vgg.load(real_network_path)
+    content = images.fit_long_side(images.load_image(_Path(figures.__file__).parent / "examples" / "chelsea.jpg"), 96)
+    style = images.load_image(_Path(figures.__file__).parent / "examples" / "swirls.jpg")
+    args = figures.parse_args(["figure2", "--content", "c.png", "--style", "s.png", "--out", "o",
+                               "--iterations", "100"])
+    settings = figures._with_ratio(figures.base_settings(args), args.ratio)
+    result = stylize.stylize(net, content, [style], settings)
+    normalised = vgg.normalize(net, *images.sample_photos(), pooling=settings.pooling)
+    layers = list(settings.content_layers) + list(settings.style_layers)
+    objective = stylize.Objective(vgg.VGG(normalised, layers), content, [style], np.array([1.0]), settings)
+    terms = lambda image: objective.terms(tf.constant(image[np.newaxis], tf.float32)).numpy()
+    noise = np.clip(stylize.initial_image(settings, content, style, net.mean_pixel), 0, 255)
+    out, photo, start = terms(result.image), terms(content), terms(noise)
+    assert out[1] < 0.3 * photo[1]  # style loss well below the photo's
+    assert out[0] < 0.3 * start[0]  # content loss well below white noise's
