@@ -19,7 +19,6 @@ Digits are white on black (MNIST's convention), as RGB 0..255 at --image-size.
 import dataclasses
 import gzip
 import json
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import feedforward
+import files
 import images
 from errors import UserError
 from quiet_tf import tf
@@ -184,7 +184,7 @@ def run_study(out, study, network, resume=False, overwrite=False, checkpoint_eve
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         _write_digits(out / DATA, digits[:study.digits])
         _write_digits(out / HELD_OUT_DIR, digits[study.digits:])
-        (out / STUDY_FILE).write_text(json.dumps(dataclasses.asdict(study), indent=2) + "\n")
+        files.write_json(out / STUDY_FILE, dataclasses.asdict(study))
     for run, settings in runs.items():
         model = out / RUNS[run]
         if resume and (model / feedforward.SAVED_MODEL).exists():
@@ -239,13 +239,7 @@ def _write_results(out, study, loss):
 
 def _replace(path, write):
     """Write through a temporary file beside `path`, then rename: never a half-written result."""
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    files.write_atomic(path, write)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,12 @@ def fetch(url, dest, sha256, progress=True, manual_hint=""):
         _download(url, part, progress)
     except (OSError, http.client.HTTPException) as error:  # URLError and HTTPError are OSErrors
         raise UserError(_failure(url, error, part, manual_hint)) from None
+    except KeyboardInterrupt:
+        kept = part.stat().st_size if part.exists() else 0
+        if kept:
+            print(f"\nthe {kept / MB:.1f} MB received so far are kept in {part}; the same command "
+                  f"resumes from there", file=sys.stderr)
+        raise
     actual = file_sha256(part)
     if actual != sha256.lower():
         part.unlink()

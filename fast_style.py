@@ -8,9 +8,11 @@ stylize images, folders and videos with one forward pass each.
     python fast_style.py study-digits --style painting.jpg --out study/
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import cli
 import progress
 from errors import UserError
 from presets import parse_layers
@@ -27,7 +29,7 @@ STUDY_DEFAULTS = {"image_size": 32, "encoder": "vgg:relu3_1", "stage1_steps": 30
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="fast_style.py", description=__doc__.split("\n\n")[0],
+    parser = cli.ArgumentParser(prog="fast_style.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="See docs/fast_style.md for the defaults and the model folder.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,8 +44,8 @@ def parse_args(argv):
     train.add_argument("--overwrite", action="store_true", help="start over in a --model folder that "
                        "already holds a training")
     length = train.add_argument_group("length")
-    length.add_argument("--epochs", type=int, help="passes over the data (default 2)")
-    length.add_argument("--steps", type=int, help="total training steps (overrides --epochs)")
+    length.add_argument("--epochs", type=cli.positive_int, help="passes over the data (default 2)")
+    length.add_argument("--steps", type=cli.positive_int, help="total training steps (overrides --epochs)")
     _add_recipe(train.add_argument_group("recipe (defaults: Johnson et al. for VGG16, lengstrom's for "
                                          "VGG19)"), image_size=256)
     _add_schedule(train.add_argument_group("two-stage schedule (a generator that shares VGG's first "
@@ -58,7 +60,7 @@ def parse_args(argv):
     stylize.add_argument("--output", required=True, type=Path, help="an image, a folder or a video")
     stylize.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     stylize.add_argument("--preserve-colors", action="store_true", help="keep the input's colours")
-    stylize.add_argument("--batch-size", type=int, default=4, help="images or frames per pass")
+    stylize.add_argument("--batch-size", type=cli.positive_int, default=4, help="images or frames per pass")
     stylize.add_argument("--precision", choices=PRECISIONS, default="float32",
                          help="the network's arithmetic (default float32: the exported network); a "
                          "reduced one rebuilds it from the model folder's checkpoint. auto: bfloat16 on "
@@ -74,7 +76,7 @@ def parse_args(argv):
     study.add_argument("--style", type=Path, help="the style image")
     study.add_argument("--mnist", type=Path, help="MNIST as a local .npz (Keras' mnist.npz) or IDX file "
                        "(train-images-idx3-ubyte[.gz]); default: scikit-learn's 8x8 digits, upscaled")
-    study.add_argument("--digits", type=int, help="how many digits to train on (default 1000)")
+    study.add_argument("--digits", type=cli.positive_int, help="how many digits to train on (default 1000)")
     study.add_argument("--network", type=Path, help="the VGG .mat file (as for train)")
     study.add_argument("--resume", action="store_true", help="continue the study in --out")
     study.add_argument("--overwrite", action="store_true", help="start over in an --out folder that "
@@ -94,16 +96,16 @@ def _add_recipe(group, image_size):
     group.add_argument("--content-layers", help="comma-separated, each optionally name:weight")
     group.add_argument("--style-layers", help="comma-separated, each optionally name:weight (a layer "
                        "without a weight gets 1/number of style layers)")
-    group.add_argument("--content-weight", type=float, help="default 1 (VGG16), 7.5 (VGG19)")
-    group.add_argument("--style-weight", type=float, help="default 5 (VGG16), 100 (VGG19)")
-    group.add_argument("--pixel-weight", type=float, help="weight of the pixel loss (default 0)")
-    group.add_argument("--tv-weight", type=float, help="total variation: default 0.4 (VGG16), 200 (VGG19)")
-    group.add_argument("--image-size", type=int, help=f"side of the training images (default {image_size})")
-    group.add_argument("--style-size", type=int, help="long side of the style image (default: "
+    group.add_argument("--content-weight", type=cli.nonnegative_float, help="default 1 (VGG16), 7.5 (VGG19)")
+    group.add_argument("--style-weight", type=cli.nonnegative_float, help="default 5 (VGG16), 100 (VGG19)")
+    group.add_argument("--pixel-weight", type=cli.nonnegative_float, help="weight of the pixel loss (default 0)")
+    group.add_argument("--tv-weight", type=cli.nonnegative_float, help="total variation: default 0.4 (VGG16), 200 (VGG19)")
+    group.add_argument("--image-size", type=cli.positive_int, help=f"side of the training images (default {image_size})")
+    group.add_argument("--style-size", type=cli.positive_int, help="long side of the style image (default: "
                        "--image-size)")
-    group.add_argument("--batch-size", type=int, help="images per step, over all devices (default 4)")
-    group.add_argument("--learning-rate", type=float, help="Adam's (default 1e-3)")
-    group.add_argument("--seed", type=int, help="initial weights, order of the data and crops (default 0)")
+    group.add_argument("--batch-size", type=cli.positive_int, help="images per step, over all devices (default 4)")
+    group.add_argument("--learning-rate", type=cli.positive_float, help="Adam's (default 1e-3)")
+    group.add_argument("--seed", type=cli.seed, help="initial weights, order of the data and crops (default 0)")
 
 
 def _add_schedule(group, defaults=None):
@@ -113,20 +115,20 @@ def _add_schedule(group, defaults=None):
     encoder = defaults.get("encoder", "Johnson et al.'s 9x9 and two stride-2 convolutions")
     group.add_argument("--encoder", help="vgg:LAYER: the generator's encoder is a copy of the VGG's layers "
                        f"up to LAYER, initialised from the .mat, e.g. vgg:relu3_1 (default: {encoder})")
-    group.add_argument("--stage1-steps", type=int, help="N: steps with the shared layers fixed"
+    group.add_argument("--stage1-steps", type=cli.nonnegative_int, help="N: steps with the shared layers fixed"
                        + (f" (default {defaults['stage1_steps']})" if defaults else ""))
-    group.add_argument("--stage2-steps", type=int, help="M: steps after them that train the shared layers "
+    group.add_argument("--stage2-steps", type=cli.nonnegative_int, help="M: steps after them that train the shared layers "
                        "too" + (f" (default {defaults['stage2_steps']})" if defaults else ""))
-    group.add_argument("--stage2-learning-rate", type=float, help="Adam's for the shared layers in stage 2 "
+    group.add_argument("--stage2-learning-rate", type=cli.positive_float, help="Adam's for the shared layers in stage 2 "
                        "(default 1e-4); the rest keeps --learning-rate")
 
 
 def _add_run(group):
-    group.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N "
+    group.add_argument("--checkpoint-every", type=cli.positive_int, default=500, help="save a checkpoint every N "
                        "steps (default 500)")
-    group.add_argument("--preview-every", type=int, default=500, help="stylize the preview images every "
+    group.add_argument("--preview-every", type=cli.positive_int, default=500, help="stylize the preview images every "
                        "N steps (default 500)")
-    group.add_argument("--print-every", type=int, default=100, help="keep a progress line every N steps "
+    group.add_argument("--print-every", type=cli.positive_int, default=100, help="keep a progress line every N steps "
                        "(default 100)")
     return group
 
@@ -232,6 +234,9 @@ def run_stylize(args):
     if not source.exists():
         raise UserError(f"input {source} does not exist")
     is_video = source.is_file() and source.suffix.lower() in feedforward.VIDEO_EXTENSIONS
+    if output.exists() and source.exists() and os.path.samefile(source, output):
+        raise UserError(f"--output {output} is the input; the result would replace it, so choose "
+                        f"another name (even with --overwrite)")
     if source.is_dir():
         if output.exists() and not output.is_dir():
             raise UserError(f"--output {output} is a file; a folder input needs an output folder")
@@ -249,12 +254,24 @@ def run_stylize(args):
                 print(f"skipped: {reason}", file=sys.stderr)
             print(f"stylized {written} images into {output}")
         elif is_video:
-            count = feedforward.stylize_video(stylizer, source, output, args.batch_size, args.overwrite,
-                                              args.preserve_colors, line.show)
+            try:
+                count, written = feedforward.stylize_video(stylizer, source, output, args.batch_size,
+                                                           args.overwrite, args.preserve_colors, line.show)
+            except feedforward.TruncatedVideo as short:
+                line.close()
+                print(f"warning: {source} ended after {short.count} of the {short.expected} frames its "
+                      f"header promises (a truncated file?); {short.path} holds those {short.count}",
+                      file=sys.stderr)
+                return 1
             line.close()
+            if written != output:
+                return 1  # the warning said where the video went
             print(f"stylized {count} frames into {output}")
         else:
-            saved = feedforward.stylize_image(stylizer, source, output, args.overwrite, args.preserve_colors)
+            saved, failure = feedforward.stylize_image(stylizer, source, output, args.overwrite,
+                                                       args.preserve_colors)
+            if failure is not None:
+                return 1  # the warning said where the image went
             print(f"saved {saved}")
     finally:
         line.close()
@@ -318,16 +335,11 @@ def run_export(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
+    def body():
+        args = parse_args(argv)
         return {"train": run_train, "stylize": run_stylize, "export": run_export,
                 "study-digits": run_study}[args.command](args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return cli.entry(body)
 
 
 if __name__ == "__main__":

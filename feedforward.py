@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+import files
 import images
 import losses
 import progress
@@ -158,7 +160,7 @@ def _default(value, default):
 
 
 def save_settings(settings, model_dir):
-    (Path(model_dir) / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    files.write_json(Path(model_dir) / SETTINGS_FILE, dataclasses.asdict(settings))
 
 
 def check_model_folder(model_dir, resume, overwrite):
@@ -181,7 +183,12 @@ def load_settings(model_dir):
     if not path.is_file():
         raise UserError(f"{model_dir} holds no training ({SETTINGS_FILE} is missing); train one with "
                         f"`fast_style.py train --model {model_dir}`")
-    return settings_from_dict(json.loads(path.read_text()))
+    try:
+        return settings_from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                        f"it records how the network was trained, so restore it from a copy, or train "
+                        f"again with --overwrite") from None
 
 
 def settings_from_dict(values):
@@ -428,8 +435,9 @@ class Checkpoints:
         self.saved_step = None
 
     def restore_latest(self):
-        if self.manager.latest_checkpoint:
-            self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        if self.manager.latest_checkpoint or any(Path(self.manager.directory).glob("*.index")):
+            restore_intact(self.manager.checkpoint, self.manager.directory,
+                           lambda status: status.assert_existing_objects_matched())
             self.saved_step = int(self.step.numpy())
 
     def save(self):
@@ -486,7 +494,11 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
             status = "interrupted"
             break
         stage = settings.stage(int(training.step.numpy()))
-        terms, total, last = training.train_step(next(batches), stage2=stage == 2)
+        try:
+            terms, total, last = training.train_step(next(batches), stage2=stage == 2)
+        except KeyboardInterrupt:  # a second Ctrl-C: this step is dropped, the last one is saved
+            status = "interrupted"
+            break
         if not np.isfinite(float(total)):
             status = "diverged"
             break
@@ -495,7 +507,7 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         step = int(training.step.numpy())
         clock = clock or time.perf_counter()  # from the end of the first step, which also compiles
         if chief:
-            log.write(step, stage, terms, total)
+            log.write(step, stage, terms, total)  # a failing write is a warning (LossLog)
             done = step - start_step - 1  # timed steps
             elapsed, left = progress.eta(clock, done, total_steps - start_step - 1)
             speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
@@ -505,7 +517,11 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         if step % checkpoint_every == 0:
             checkpoints.save()
         if chief and step % preview_every == 0:
-            save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
+            try:
+                save_preview(training.net, data.previews, model_dir / PREVIEWS / f"step_{step:06d}.jpg")
+            except OSError as error:
+                print(f"\nwarning: the preview of step {step} could not be written "
+                      f"({files.describe(error)}); training goes on", file=sys.stderr)
     if status != "diverged":
         checkpoints.save()
     if not chief:
@@ -530,20 +546,28 @@ class LossLog:
         self.path = Path(model_dir) / LOSSES_FILE
         if self.path.exists():
             kept = [entry for entry in read_losses(model_dir) if entry["step"] <= step]
-            temporary = self.path.with_name(f".{self.path.name}.part")
-            temporary.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
-            os.replace(temporary, self.path)
+            files.write_text(self.path, "".join(json.dumps(entry) + "\n" for entry in kept))
 
     def write(self, step, stage, terms, total):
         values = {name: float(value) for name, value in terms.items()}
-        with open(self.path, "a") as log:
-            log.write(json.dumps({"step": step, "stage": stage, **values, "total": float(total)}) + "\n")
+        try:
+            with open(self.path, "a") as log:
+                log.write(json.dumps({"step": step, "stage": stage, **values, "total": float(total)}) + "\n")
+        except OSError as error:  # the checkpoints matter more: warn once a step, go on
+            print(f"\nwarning: {self.path} could not be written ({files.describe(error)}); training "
+                  f"goes on", file=sys.stderr)
 
 
 def read_losses(model_dir):
-    """The lines of a model folder's losses.jsonl, as dicts."""
+    """The lines of a model folder's losses.jsonl, as dicts; a line cut short by a crash is dropped."""
     path = Path(model_dir) / LOSSES_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    entries = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
 
 
 def save_preview(net, previews, path):
@@ -577,11 +601,38 @@ def restore_network(model_dir, dtype=tf.float32):
     network = vgg.load(settings.network) if settings.encoder else None  # the encoder's layer list
     net = TransformNet(settings.widths, settings.variant, dtype=dtype, encoder=settings.encoder,
                        network=network)
-    latest = tf.train.latest_checkpoint(Path(model_dir) / CHECKPOINTS)
-    if latest is None:
-        raise UserError(f"{model_dir} holds no checkpoint yet; train first")
-    tf.train.Checkpoint(network=net).restore(latest).expect_partial()
+    restore_intact(tf.train.Checkpoint(network=net), Path(model_dir) / CHECKPOINTS,
+                   lambda status: status.expect_partial())
     return net
+
+
+def restore_intact(checkpoint, folder, check=lambda status: status):
+    """Restore the newest checkpoint in `folder` that reads; a damaged newer one is passed over
+    with a note (the earlier one loses at most --checkpoint-every steps). A UserError when none
+    reads. Returns the path restored."""
+    state = tf.train.get_checkpoint_state(str(folder))
+    listed = list(state.all_model_checkpoint_paths) if state else []
+    found = sorted({path[:-len(".index")] for path in map(str, Path(folder).glob("*.index"))},
+                   key=_checkpoint_number)
+    candidates = list(dict.fromkeys(reversed(listed + [p for p in found if p not in listed])))
+    if not candidates:
+        raise UserError(f"{Path(folder).parent} holds no checkpoint yet; train first")
+    for number, path in enumerate(candidates):
+        try:
+            check(checkpoint.restore(path))
+        except Exception as error:  # TensorFlow raises OpError, IndexError, ValueError, AssertionError
+            reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            print(f"note: checkpoint {path} is damaged ({reason}); trying an earlier one", file=sys.stderr)
+            continue
+        if number:
+            print(f"note: using the earlier intact checkpoint {path}", file=sys.stderr)
+        return path
+    raise UserError(f"every checkpoint in {folder} is damaged; train again with --overwrite")
+
+
+def _checkpoint_number(path):
+    tail = path.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def export(model_dir):
@@ -590,17 +641,11 @@ def export(model_dir):
     model_dir = Path(model_dir)
     module = Stylize(restore_network(model_dir))
     saved = model_dir / SAVED_MODEL
-    temporary = model_dir / f".{SAVED_MODEL}.{os.getpid()}"  # renamed when complete
-    shutil.rmtree(temporary, ignore_errors=True)
-    tf.saved_model.save(module, str(temporary), signatures={"serving_default": module.serve})
-    if saved.exists():
-        shutil.rmtree(saved)
-    os.replace(temporary, saved)
-
+    files.write_atomic(saved, lambda temporary: tf.saved_model.save(
+        module, str(temporary), signatures={"serving_default": module.serve}), folder=True)
     tflite = model_dir / TFLITE_FILE
-    temporary = tflite.with_name(f".{tflite.name}.part")
-    temporary.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
-    os.replace(temporary, tflite)
+    converted = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
+    files.write_atomic(tflite, lambda temporary: Path(temporary).write_bytes(converted))
     return saved, tflite
 
 
@@ -629,13 +674,27 @@ class Stylizer:
                 what = "does not exist" if not model.exists() else "holds no exported network (saved_model/)"
                 raise UserError(f"model {model} {what}; train one with `fast_style.py train`, or run "
                                 f"`fast_style.py export --model {model}` after an interrupted training")
-            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-            self.run = lambda batch: serve(images=batch)["stylized"]
+            try:
+                serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+                self.run = lambda batch: serve(images=batch)["stylized"]
+            except Exception as error:  # protobuf, TensorFlow and KeyError alike: a damaged export
+                reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+                if not ((model / SETTINGS_FILE).is_file() and any((model / CHECKPOINTS).glob("*.index"))):
+                    raise UserError(f"the exported network in {path} is damaged ({reason}); export it "
+                                    f"again from its model folder or train again") from None
+                print(f"note: the exported network in {path} is damaged ({reason}); using the model "
+                      f"folder's checkpoint instead (`fast_style.py export --model {model}` writes it "
+                      f"again)", file=sys.stderr)
+                self.run = self._from_checkpoint(model, "float32")
         else:
-            net = restore_network(model, dtype)
-            self.run = tf.function(net.__call__, input_signature=[
-                tf.TensorSpec([None, None, None, 3], tf.float32)])  # any size, as the SavedModel
+            self.run = self._from_checkpoint(model, dtype)
         self.reduced = False  # set when an image had to be stylized smaller for lack of memory
+
+    @staticmethod
+    def _from_checkpoint(model, dtype):
+        net = restore_network(model, dtype)
+        return tf.function(net.__call__, input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32)])  # any size, as the SavedModel
 
     def __call__(self, batch):
         """Stylize a batch of equal-sized images; an image too large for memory is stylized at half
@@ -662,7 +721,7 @@ def stylize_image(stylizer, source, output, overwrite=False, preserve_colors=Fal
     image = images.load_image(source, "input image")
     _check_size(image, source)
     result = _restore_colors(stylizer(image[np.newaxis])[0], image, preserve_colors)
-    return images.save_image(output, result, overwrite=overwrite)
+    return images.save_result(output, result, overwrite=overwrite)
 
 
 def _check_size(image, source):
@@ -673,12 +732,23 @@ def _check_size(image, source):
 
 def folder_outputs(source, output):
     """{input image: output path}, mirroring the folder's layout; an output keeps the input's format
-    where it can be written, else becomes PNG."""
-    pairs = {}
-    for path in find_images(source, "input folder"):
-        target = Path(output) / path.relative_to(source)
-        pairs[path] = target if target.suffix.lower() in images.WRITABLE else target.with_suffix(".png")
-    return pairs
+    where it can be written, else becomes PNG, under a name of its own: two inputs never share an
+    output."""
+    paths = find_images(source, "input folder")
+    mirrored = {path: Path(output) / path.relative_to(source) for path in paths}
+    kept = {path: target for path, target in mirrored.items() if target.suffix.lower() in images.WRITABLE}
+    taken = set(kept.values())
+    converted = {}
+    for path in (path for path in paths if path not in kept):
+        target = mirrored[path].with_suffix(".png")
+        if target in taken:  # photo.png and photo.gif: the GIF's result is photo_gif.png
+            target = target.with_name(f"{path.stem}_{path.suffix.lstrip('.').lower()}.png")
+        first, number = target, 1
+        while target in taken:
+            target, number = first.with_name(f"{first.stem}_{number}.png"), number + 1
+        taken.add(target)
+        converted[path] = target
+    return {path: kept.get(path) or converted[path] for path in paths}
 
 
 def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
@@ -716,10 +786,41 @@ def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, pres
     return written, skipped
 
 
+def _move_finished(temporary, output):
+    """Rename a finished video into place; where that fails, it stays beside it under a name that
+    says so (its frames are on disk already) and a warning names it. Returns where it is."""
+    try:
+        os.replace(temporary, output)
+        return output
+    except OSError as error:
+        fallback = output.with_name(f"{output.stem}.unsaved-{os.getpid()}{output.suffix}")
+        os.replace(temporary, fallback)
+        print(f"warning: the video could not be written to {output} ({files.describe(error)}); it is "
+              f"saved as {fallback} instead", file=sys.stderr)
+        return fallback
+
+
+def _until_unreadable(frames, broken):
+    """The frames that ffmpeg can decode; a decoding error ends them (and is noted in `broken`)."""
+    try:
+        yield from frames
+    except (RuntimeError, OSError) as error:
+        broken.append(error)
+
+
+class TruncatedVideo(Exception):
+    """Fewer frames than the video's header promises: the output holds the ones that could be read."""
+
+    def __init__(self, count, expected, path):
+        super().__init__(f"{count} of {expected} frames")
+        self.count, self.expected, self.path = count, expected, path
+
+
 def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
                   report=lambda line: None):
-    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count.
-    The video is written beside `output` and renamed when complete, as images are."""
+    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count
+    and the path written. The video is written beside `output` and renamed when complete, as images
+    are (to a fallback name beside it when that rename fails)."""
     import imageio_ffmpeg  # only videos need it
 
     source, output = Path(source), Path(output)
@@ -727,9 +828,7 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
         raise UserError(f"input video {source} does not exist")
     if output.suffix.lower() not in VIDEO_EXTENSIONS:
         raise UserError(f"output {output} needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
-    if output.exists() and not overwrite:
-        raise UserError(f"output {output} already exists; pass --overwrite to replace it or choose "
-                        f"another name")
+    files.check_new(output, overwrite)
     try:
         frames = imageio_ffmpeg.read_frames(str(source))
         meta = next(frames)
@@ -757,8 +856,8 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
             count += len(batch)
             report(f"frame {count}/{expected}")
 
-        batch = []
-        for raw in frames:
+        batch, broken = [], []
+        for raw in _until_unreadable(frames, broken):
             batch.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(np.float32))
             if len(batch) == batch_size:
                 write(batch)
@@ -766,13 +865,15 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
         if batch:
             write(batch)
         writer.close()
-        os.replace(temporary, output)
+        output = _move_finished(temporary, output)
+        if broken or (isinstance(expected, int) and count < expected - 1):  # rounding: 1 frame
+            raise TruncatedVideo(count, expected, output)
     except BaseException:
         writer.close()
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
-    return count
+    return count, output
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,12 +5,15 @@ Images are float32 numpy arrays [height, width, 3], RGB in 0..255. Reading accep
 result is never half-overwritten and a crash never leaves a truncated file under the final name.
 """
 import os
-import tempfile
+import stat
+import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+from PIL import Image
 
+import files
 from errors import UserError
 from quiet_tf import tf
 
@@ -19,21 +22,31 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def load_image(path, what="image"):
-    """Read any common image file as float32 RGB 0..255; a UserError names the file otherwise."""
+    """Read any common image file as float32 RGB 0..255, upright as its EXIF orientation says (a
+    phone's portrait photo); a UserError names the file otherwise. A pipe (/dev/stdin, a FIFO) is
+    read whole first."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} {'is a folder' if path.is_dir() else 'does not exist'}")
+    source = _source(path, what)
     try:
-        mode = iio.immeta(path, index=0, plugin="pillow").get("mode")
-        if mode in _HIGH_DEPTH_MODES:  # 16-bit or float grayscale: scale to 0..255 ourselves
-            image = _array_to_rgb(iio.imread(path, index=0, plugin="pillow"))
-        else:  # Pillow converts palette, grayscale, CMYK, 1-bit and 16-bit RGB to RGBA for us
-            image = _over_white(iio.imread(path, index=0, mode="RGBA", plugin="pillow"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large but legitimate
+            mode = iio.immeta(source, index=0, plugin="pillow").get("mode")
+            if mode in _HIGH_DEPTH_MODES:  # 16-bit or float grayscale: scale to 0..255 ourselves
+                image = _array_to_rgb(iio.imread(source, index=0, plugin="pillow", rotate=True))
+            else:  # Pillow converts palette, grayscale, CMYK, 1-bit and 16-bit RGB to RGBA for us
+                image = _over_white(iio.imread(source, index=0, mode="RGBA", plugin="pillow", rotate=True))
     except UserError:
         raise
     except PermissionError:
         raise UserError(f"{what} {path} cannot be read: permission denied") from None
+    except MemoryError:
+        raise UserError(f"{what} {path} is too large to decode in the memory available; scale it down "
+                        f"first") from None
     except Exception as error:
+        if _caused_by(error, Image.DecompressionBombError):  # imageio wraps Pillow's error
+            raise UserError(f"{what} {path} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million "
+                            f"pixels, more than this program decodes (a guard against decompression "
+                            f"bombs); scale it down first") from None
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if "truncated" in reason.lower():
             raise UserError(f"{what} {path} is truncated or corrupt ({reason})") from None
@@ -42,6 +55,37 @@ def load_image(path, what="image"):
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise UserError(f"{what} {path} is empty ({image.shape[1]}x{image.shape[0]} px)")
     return image
+
+
+def _caused_by(error, kind):
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _source(path, what):
+    """What the reader takes: the path of a regular file, or the bytes of a pipe or device."""
+    try:
+        kind = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be read ({error.strerror})") from None
+    if stat.S_ISREG(kind):
+        return path
+    if stat.S_ISDIR(kind):
+        raise UserError(f"{what} {path} is a folder; give an image file")
+    try:  # a FIFO, /dev/stdin, a process substitution: read it once, whole
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as error:
+        raise UserError(f"{what} {path} is not a regular file and cannot be read ({error.strerror}); "
+                        f"save the image to a file and give its path") from None
+    if not data:
+        raise UserError(f"{what} {path} is a pipe that delivered nothing; give an image file")
+    return data
 
 
 def _over_white(rgba):
@@ -92,12 +136,12 @@ def check_writable(path, overwrite, what="output"):
     if path.suffix.lower() not in WRITABLE:
         raise UserError(f"{what} {path} has an unsupported extension '{path.suffix}'; use one of "
                         f"{', '.join(WRITABLE)}")
-    if path.exists() and not overwrite:
-        raise UserError(f"{what} {path} already exists; pass --overwrite to replace it or choose "
-                        f"another name")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name such as {path / 'result.png'}")
+    files.check_new(path, overwrite, what)
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} folder {folder} is a file, not a folder; choose another path")
     if not folder.is_dir():
         raise UserError(f"{what} folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK):
@@ -105,42 +149,23 @@ def check_writable(path, overwrite, what="output"):
 
 
 def save_image(path, image, overwrite=True):
-    """Write atomically (a temporary file beside it, then rename). Without `overwrite`, an existing
-    file is kept and the image goes to the next free name `stem.1.png`, … instead; returns the path."""
+    """Write atomically (files.write_atomic). Without `overwrite`, an existing file is kept and the
+    image goes to the next free name `stem.1.png`, … instead; returns the path."""
     path = Path(path)
-    if not overwrite:
-        path = free_name(path)
+    return files.write_atomic(path, _writer(path, image), keep_existing=not overwrite)
+
+
+def save_result(path, image, overwrite=True, what="result"):
+    """save_image for a finished result: a failing write (disk full, a folder that went away) puts
+    it at a fallback path instead (files.write_result). Returns (path written, failure or None)."""
+    path = Path(path)
+    return files.write_result(path, _writer(path, image), what, keep_existing=not overwrite)
+
+
+def _writer(path, image):
     pixels = np.clip(np.round(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix,
-                                         dir=path.parent if str(path.parent) else ".")
-    os.close(handle)
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a result is an ordinary file
-        iio.imwrite(temporary, pixels, extension=path.suffix.lower())
-        if not overwrite and path.exists():  # appeared since free_name(): keep it, take the next
-            path = free_name(path)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def free_name(path):
-    """`path` if nothing is there, else the first of stem.1.ext, stem.2.ext, … that is free."""
-    path = Path(path)
-    candidate, number = path, 0
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
-    return candidate
+    extension = Path(path).suffix.lower()
+    return lambda temporary: iio.imwrite(temporary, pixels, extension=extension)
 
 
 def resize(image, height, width):

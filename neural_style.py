@@ -13,21 +13,22 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+import cli
+import files
 import images
 import progress
 import vgg
 from errors import UserError
-from presets import PRESETS, parse_layers, parse_scales, settings_for_preset
-from stylize import stylize
+from presets import PRESETS, balance_value, parse_layers, parse_scales, settings_for_preset
+from stylize import check_inputs, stylize
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="neural_style.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0],
         epilog="Each option left out takes the preset's value; see docs/neural_style.md for the presets.")
@@ -36,11 +37,11 @@ def parse_args(argv):
     io.add_argument("--style", required=True, type=Path, nargs="+", help="one or more style images")
     io.add_argument("--output", required=True, type=Path, help="where to write the result (.png, .jpg)")
     io.add_argument("--overwrite", action="store_true", help="replace --output (and --progress-file) if it exists")
-    io.add_argument("--max-size", type=int, help="long side of the output in px; a larger content image "
+    io.add_argument("--max-size", type=cli.positive_int, help="long side of the output in px; a larger content image "
                     "is scaled down (default 512)")
-    io.add_argument("--style-scale", type=float, default=1.0, help="style image long side relative to "
+    io.add_argument("--style-scale", type=cli.positive_float, default=1.0, help="style image long side relative to "
                     "the output's (default 1.0)")
-    io.add_argument("--style-blend-weights", type=float, nargs="+",
+    io.add_argument("--style-blend-weights", type=cli.nonnegative_float, nargs="+",
                     help="one weight per style image (normalised to sum 1; default equal)")
     io.add_argument("--preserve-colors", action="store_true",
                     help="luminance-only transfer: keep the content's colours (= --color-control luminance)")
@@ -64,9 +65,9 @@ def parse_args(argv):
     loss.add_argument("--content-layers", help="comma-separated layer names, each optionally name:weight")
     loss.add_argument("--style-layers", help="comma-separated, e.g. relu1_1:0.5,relu2_1:1.0 (a layer "
                       "without a weight gets 1/number of style layers)")
-    loss.add_argument("--content-weight", type=float, help="alpha")
-    loss.add_argument("--style-weight", type=float, help="beta")
-    loss.add_argument("--tv-weight", type=float, help="total variation weight")
+    loss.add_argument("--content-weight", type=cli.nonnegative_float, help="alpha")
+    loss.add_argument("--style-weight", type=cli.nonnegative_float, help="beta")
+    loss.add_argument("--tv-weight", type=cli.nonnegative_float, help="total variation weight")
     loss.add_argument("--pooling", choices=("avg", "max"), help="replace max pooling by average pooling")
     loss.add_argument("--loss-units", choices=("printed", "authors"),
                       help="printed: the paper's printed sums (writeup, fast); authors: the authors' "
@@ -75,13 +76,13 @@ def parse_args(argv):
                       "balances the gradients as on the paper's network (fast); off; or the factor")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=("adam", "lbfgs"))
-    opt.add_argument("--iterations", type=int, help="Adam steps, or L-BFGS loss evaluations")
-    opt.add_argument("--learning-rate", type=float, help="Adam's step size")
+    opt.add_argument("--iterations", type=cli.positive_int, help="Adam steps, or L-BFGS loss evaluations")
+    opt.add_argument("--learning-rate", type=cli.positive_float, help="Adam's step size")
     opt.add_argument("--init", choices=("blend", "noise", "content", "style", "image"),
                      help="blend: noise mixed with the content (write-up); noise: white noise")
     opt.add_argument("--init-image", type=Path, help="start from this image (implies --init image)")
     opt.add_argument("--noise-ratio", type=float, help="share of noise in the blend init (0..1)")
-    opt.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    opt.add_argument("--seed", type=cli.seed, help="random seed, for repeatable runs")
     opt.add_argument("--scales", help="coarse to fine: fractions of the output size, each optionally "
                      "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
     opt.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"),
@@ -91,24 +92,11 @@ def parse_args(argv):
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")
     out = parser.add_argument_group("progress")
-    out.add_argument("--print-every", type=int, default=100, help="keep a progress line every N iterations")
-    out.add_argument("--checkpoint-every", type=int, default=0,
+    out.add_argument("--print-every", type=cli.positive_int, default=100, help="keep a progress line every N iterations")
+    out.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=0,
                      help="also save the image every N iterations as OUTPUT_00100.png, ...")
     out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
     return parser.parse_args(argv)
-
-
-def balance_value(text):
-    """--balance: auto, off or a positive finite factor."""
-    if text in ("auto", "off"):
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not auto, off or a positive number")
-    return value
 
 
 def settings_from(args):
@@ -122,15 +110,8 @@ def settings_from(args):
     if args.scales is not None:
         given["scales"] = parse_scales(args.scales)
     max_size = preset["max_size"] if args.max_size is None else args.max_size
-    iterations = preset["iterations"] if args.iterations is None else args.iterations
     if args.init_image is not None and args.init is None:
         given["init"] = "image"
-    for value, option in ((max_size, "--max-size"), (iterations, "--iterations"),
-                          (args.print_every, "--print-every")):
-        if value < 1:
-            raise UserError(f"{option} must be a positive number, not {value}")
-    if args.checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every must be 0 (off) or positive, not {args.checkpoint_every}")
     recompute = {"auto": "auto", "on": True, "off": False}[args.recompute]
     if args.preserve_colors and args.color_control not in (None, "luminance"):
         raise UserError("--preserve-colors is luminance-only transfer; it cannot be combined with "
@@ -145,45 +126,84 @@ def settings_from(args):
 
 
 class Monitor:
-    """Shows progress, writes the progress file and the checkpoints, and relays a stop request."""
+    """Shows progress, writes the progress file and the checkpoints, and relays a stop request.
+    A progress file or checkpoint that cannot be written is a warning: the run goes on."""
 
     def __init__(self, args, stop_request):
         self.args, self.stop_request = args, stop_request
         self.line = progress.LiveLine()
-        self.log = open(args.progress_file, "w", buffering=1) if args.progress_file else None
+        self.log = None
+        if args.progress_file:
+            try:
+                self.log = open(args.progress_file, "w", buffering=1)
+            except OSError as error:
+                self._warn(f"the progress file {args.progress_file} cannot be opened "
+                           f"({files.describe(error)}); the run goes on without it")
         self.start = None
 
     def __call__(self, state):
         if self.start is None:
             self.start = time.perf_counter() - state.seconds
         if self.log:
-            self.log.write(json.dumps(state.as_record()) + "\n")
+            try:
+                self.log.write(json.dumps(state.as_record()) + "\n")
+            except OSError as error:
+                self._warn(f"writing the progress file {self.args.progress_file} failed "
+                           f"({files.describe(error)}); it stops here and the run goes on")
+                self._close_log()
         every = self.args.checkpoint_every
         if every and state.iteration and state.iteration % every == 0:
             output = self.args.output
             path = output.with_name(f"{output.stem}_{state.iteration:05d}{output.suffix}")
-            images.save_image(path, state.image(), overwrite=self.args.overwrite)
+            try:
+                images.save_image(path, state.image(), overwrite=self.args.overwrite)
+            except OSError as error:
+                self._warn(f"checkpoint {path} could not be written ({files.describe(error)}); the "
+                           f"run goes on")
         elapsed, left = progress.eta(self.start, state.iteration, state.total_iterations)
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
                 f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}  "
                 f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
         self.line.show(text, keep=keep)
-        return not self.stop_request
+        return not self.stop_request.should_stop()  # stopping: a second Ctrl-C must not cut the save
+
+    def _warn(self, text):
+        self.line.close()
+        print(f"warning: {text}", file=sys.stderr)
+
+    def _close_log(self):
+        try:
+            self.log.close()
+        except OSError:
+            pass
+        self.log = None
 
     def close(self):
         self.line.close()
         if self.log:
-            self.log.close()
+            self._close_log()
+
+
+def check_paths(args):
+    """The output names before the long work: free (or --overwrite), writable, and never one of
+    the inputs (--overwrite would otherwise replace the user's photo with the result)."""
+    images.check_writable(args.output, args.overwrite)
+    if args.progress_file:
+        if args.progress_file.is_dir():
+            raise UserError(f"progress file {args.progress_file} is a folder; give a file name")
+        files.check_new(args.progress_file, args.overwrite, "progress file")
+    inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else [])]
+    for output in [args.output] + ([args.progress_file] if args.progress_file else []):
+        for given in inputs:
+            if output.exists() and given.exists() and os.path.samefile(output, given):
+                raise UserError(f"{output} is one of the input images ({given}); the result would "
+                                f"replace it, so choose another --output name (even with --overwrite)")
 
 
 def run(args):
     settings, max_size = settings_from(args)
-    images.check_writable(args.output, args.overwrite)
-    if args.progress_file:
-        if args.progress_file.exists() and not args.overwrite:
-            raise UserError(f"progress file {args.progress_file} already exists; pass --overwrite to "
-                            f"replace it or choose another name")
+    check_paths(args)
     if args.progress_file and args.progress_file.with_suffix(".json").resolve() == \
             args.output.with_suffix(".json").resolve() and args.progress_file.suffix == ".json":
         raise UserError(f"--progress-file {args.progress_file} is where the run's record goes "
@@ -192,6 +212,7 @@ def run(args):
     styles = [images.load_image(path, "style image") for path in args.style]
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
     masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None
+    check_inputs(settings, content, styles, init_image, masks)  # all that needs no network
 
     network = vgg.load(args.network if args.network else vgg.ensure_default())
     with progress.graceful_interrupt() as stop_request:
@@ -199,10 +220,16 @@ def run(args):
         try:
             result = stylize(network, content, styles, settings, monitor, init_image, masks)
         finally:
+            stop_request.shield()  # whatever happens next, a Ctrl-C does not stop the save
             monitor.close()
-        saved = images.save_image(args.output, result.image, overwrite=args.overwrite)
-    write_record(args, settings, network, result, saved)
-    if saved != args.output:
+        if result.image is None:
+            raise UserError("the loss is not finite at the starting image, so there is nothing to save; "
+                            "check the loss weights and --learning-rate (a weight that is too large "
+                            "overflows float32) or try --precision float32")
+        saved, failure = images.save_result(args.output, result.image, overwrite=args.overwrite)
+    if failure is None:
+        write_record(args, settings, network, result, saved)
+    if failure is None and saved != args.output:
         print(f"{args.output} appeared during the run, so the result went to {saved}", file=sys.stderr)
     if result.status == "diverged":
         print(f"error: the loss stopped being finite after iteration {result.iterations}; the last "
@@ -213,6 +240,8 @@ def run(args):
         print(f"interrupted: the image at iteration {result.iterations} is saved as {saved}",
               file=sys.stderr)
         return 130
+    if failure is not None:
+        return 1  # the warning named where the finished image went
     print(f"saved {saved}")
     return 0
 
@@ -240,29 +269,11 @@ def write_record(args, settings, network, result, saved):
               "sha256": hashes, "network": network.path, "network_sha256": network.sha256,
               "versions": {"python": platform.python_version(), "tensorflow": tensorflow.__version__,
                            "numpy": np.__version__}}
-    path = Path(saved).with_suffix(".json")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(record, indent=2, default=str) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    return files.write_json(Path(saved).with_suffix(".json"), record)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before the run started: nothing to save
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return cli.entry(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

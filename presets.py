@@ -5,6 +5,11 @@ command line, `figures.py`, the benchmark and `stylize.Settings`' own defaults (
 read them from here, so a value is stated once. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
 """
+import math
+
+import argparse
+import math
+
 from errors import UserError
 
 
@@ -18,12 +23,31 @@ def parse_layers(spec, option, style):
     layers = {}
     for item in names:
         name, _, weight = item.partition(":")
+        name = name.strip()
+        if name in layers:
+            raise UserError(f"{option} names {name} twice; give each layer once (with one weight)")
         try:
-            layers[name.strip()] = float(weight) if weight else default
+            layers[name] = float(weight) if weight else default
         except ValueError:
             raise UserError(f"{option}: '{weight}' in '{item}' is not a number; write name:weight, "
                             f"e.g. relu1_1:0.5") from None
+        if not math.isfinite(layers[name]) or layers[name] < 0:
+            raise UserError(f"{option}: the weight of {name} must be a finite number, 0 or more, not "
+                            f"{weight.strip()}")
     return layers
+
+
+def balance_value(text):
+    """--balance: auto, off or a positive finite factor (an argparse type)."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not auto, off or a positive number")
+    return value
 
 
 def parse_scales(spec):

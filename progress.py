@@ -2,7 +2,9 @@
 
 A long run shows one live line on a terminal (rewritten in place) and keeps a permanent line every
 N steps; in a log file (stderr not a terminal) only the permanent lines appear. The first Ctrl-C
-asks the run to stop after the current step and save; a second one stops at once.
+(or SIGTERM, or SIGHUP when the terminal closes)
+asks the run to stop after the current step and save; a second one stops the step at once and still
+saves.
 """
 import signal
 import sys
@@ -34,17 +36,25 @@ class LiveLine:
 
     def show(self, text, keep=False):
         if self.live:
-            self.stream.write("\r" + text.ljust(self._width) + ("\n" if keep else ""))
+            self._write("\r" + text.ljust(self._width) + ("\n" if keep else ""))
             self._width = 0 if keep else len(text)
         elif keep:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._write(text + "\n")
 
     def close(self):
         if self.live and self._width:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
             self._width = 0
+
+    def _write(self, text):
+        """A progress line that cannot be shown (the terminal closed) is dropped, not fatal."""
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.stream = None
 
 
 def eta(start_time, done, total):
@@ -55,29 +65,57 @@ def eta(start_time, done, total):
 
 
 class StopRequest:
-    """Set by the first Ctrl-C (or SIGTERM); the run checks it between steps."""
+    """Set by the first Ctrl-C (or SIGTERM, SIGHUP); the run checks it between steps.
+
+    Once the run has stopped and is saving, `shield()` makes further Ctrl-Cs wait for the save
+    instead of cutting it short, so two quick presses still save (the second one's promise)."""
 
     def __init__(self):
         self.requested = False
+        self.shielded = False
 
     def __bool__(self):
         return self.requested
 
+    def shield(self):
+        self.shielded = True
+
+    def should_stop(self):
+        """True once a stop was requested; from then on a Ctrl-C no longer cuts the save short."""
+        if self.requested:
+            self.shield()
+        return self.requested
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
 
 @contextmanager
 def graceful_interrupt(message="stopping after this step and saving (Ctrl-C again to stop at once)"):
-    """Turn the first SIGINT/SIGTERM into a StopRequest; a second SIGINT raises KeyboardInterrupt."""
+    """Turn the first SIGINT/SIGTERM/SIGHUP into a StopRequest; a second SIGINT raises
+    KeyboardInterrupt (stop the current step at once), unless the run is already saving."""
     request = StopRequest()
 
     def handler(signum, frame):
         if request.requested and signum == signal.SIGINT:
+            if request.shielded:
+                _say("saving, one moment")
+                return
             raise KeyboardInterrupt
+        if not request.requested:
+            _say(f"\n{message}")
         request.requested = True
-        print(f"\n{message}", file=sys.stderr, flush=True)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield request
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _say(text):
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # no terminal any more (SIGHUP)
+        pass

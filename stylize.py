@@ -8,14 +8,13 @@ or interruption, the last finite one if the loss stops being finite.
 import copy
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.optimize
 
+import files
 import images
 import losses
 import presets
@@ -183,10 +182,10 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
     returning False stops the run. With several `settings.scales` the image is optimised at each
     fraction of the output size in turn, upsampled between them (coarse to fine). `masks`, one per
     style image or None, are grayscale arrays (0..1) over the output: each style applies where its
-    mask is white. Returns a Result.
+    mask is white. Returns a Result (its image None when the loss was not finite even at the
+    start).
     """
-    _check_settings(settings, len(styles))
-    _check_masks(masks, len(styles))
+    check_inputs(settings, content, styles, init_image, masks)
     blend = np.asarray(settings.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
     blend = blend / blend.sum()
     original_content = content
@@ -255,12 +254,15 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         # Later scales begin with an evaluation of the upsampled image: it counts as an iteration.
         steps = iterations if i == 0 else iterations - 1
         if settings.optimizer == "adam":
-            image, done, status = _adam(objective, np.clip(start, 0.0, 255.0), steps, settings, report)
+            reached, done, status = _adam(objective, np.clip(start, 0.0, 255.0), steps, settings, report)
         else:
-            image, done, status = _lbfgs(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+            reached, done, status = _lbfgs(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+        # None: not finite from the first evaluation; a later scale keeps the earlier scale's image.
+        image = reached if reached is not None else (None if i == 0 else start)
         if status != "done":
             break
-    return Result(report.finish(image), report.iteration_of(done), status, balance)
+    return Result(None if image is None else report.finish(image), report.iteration_of(done), status,
+                  balance)
 
 
 def resolve_balance(settings, objective, network, start, content, styles, masks):
@@ -318,18 +320,11 @@ def _balance_cache(network):
 def _save_balance_cache(network, cache):
     """Atomically, best effort: a run goes on without the cache where it cannot be written."""
     path = _balance_path(network)
-    if path is None:
-        return
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    except OSError:
-        return
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(cache, out)
-        os.replace(temporary, path)
-    except OSError:
-        os.unlink(temporary)
+    if path is not None:
+        try:
+            files.write_text(path, json.dumps(cache))
+        except OSError:
+            pass
 
 
 class _Reporter:
@@ -441,7 +436,7 @@ def _adam(objective, start, iterations, settings, report):
         while True:
             terms, total = terms.numpy(), float(total)
             if not np.isfinite(total):
-                return (previous.numpy()[0] if iteration else start), max(iteration - 1, 0), "diverged"
+                return (previous.numpy()[0] if iteration else None), max(iteration - 1, 0), "diverged"
             if not report(iteration, terms, total, current):
                 return current(), iteration, "interrupted"
             if iteration == iterations:
@@ -530,8 +525,32 @@ def _lbfgs(objective, start, iterations, report, exact=None):
         pass
     except KeyboardInterrupt:
         state["status"] = "interrupted"
+    if not np.isfinite(state["best_loss"]) and state["status"] == "diverged":
+        return None, 0, "diverged"  # not finite from the start: no image to keep
     best = state["best"].reshape(start.shape).astype(np.float32)
     return best, state["best_iteration"], state["status"]
+
+
+MAX_STYLE_PIXELS = 4096 * 4096  # a style image scaled past this would need many GB of activations
+
+
+def check_inputs(settings, content, styles, init_image=None, masks=None):
+    """Every check that needs no network: a UserError for settings and images that cannot make a
+    result, so that a command line fails in a second rather than after loading the network."""
+    _check_settings(settings, len(styles))
+    _check_masks(masks, len(styles))
+    if settings.init == "image" and init_image is None:
+        raise UserError("--init image needs --init-image PATH")
+    long_side = max(1, round(settings.style_scale * max(content.shape[:2])))
+    for i, style in enumerate(styles):
+        height, width = style.shape[:2]
+        scale = long_side / max(height, width)
+        pixels = round(height * scale) * round(width * scale)
+        if pixels > MAX_STYLE_PIXELS:
+            raise UserError(f"--style-scale {settings.style_scale:g} makes style image {i + 1} "
+                            f"{round(width * scale)}x{round(height * scale)} px ({pixels / 1e6:.0f} "
+                            f"megapixels), more than the {MAX_STYLE_PIXELS / 1e6:.0f} this program "
+                            f"allows; lower --style-scale (1 is the output's size)")
 
 
 def _check_settings(settings, style_count):
@@ -554,14 +573,25 @@ def _check_settings(settings, style_count):
         raise UserError(f"style scale must be positive, not {settings.style_scale}")
     if not 0.0 <= settings.noise_ratio <= 1.0:
         raise UserError(f"noise ratio must be between 0 and 1, not {settings.noise_ratio}")
+    if not settings.learning_rate > 0 or not np.isfinite(settings.learning_rate):
+        raise UserError(f"learning rate must be positive and finite, not {settings.learning_rate}")
+    for value, what in ((settings.content_weight, "content weight"), (settings.style_weight, "style weight"),
+                        (settings.tv_weight, "TV weight"), (settings.style_scale, "style scale"),
+                        (settings.noise_ratio, "noise ratio")):
+        if not np.isfinite(value) or value < 0:
+            raise UserError(f"the {what} must be finite and not negative, not {value}")
+    for layers, what in ((settings.content_layers, "content"), (settings.style_layers, "style")):
+        for name, weight in layers.items():
+            if not np.isfinite(weight) or weight < 0:
+                raise UserError(f"{what} layer {name}'s weight must be finite and not negative, not {weight}")
+    if settings.seed is not None and not 0 <= settings.seed < 2 ** 32:
+        raise UserError(f"the seed must be a whole number from 0 to 4294967295, not {settings.seed}")
     if settings.loss_units not in losses.UNITS:
         raise UserError(f"loss units must be one of {', '.join(losses.UNITS)}, not '{settings.loss_units}'")
     balance = settings.balance
     if balance not in BALANCES and not (isinstance(balance, (int, float)) and np.isfinite(balance)
                                         and balance > 0):
         raise UserError(f"balance must be auto, off or a positive number, not '{balance}'")
-    if settings.learning_rate <= 0:
-        raise UserError(f"learning rate must be positive, not {settings.learning_rate}")
     if not settings.content_layers or not settings.style_layers:
         raise UserError("give at least one content layer and one style layer")
     if settings.color_control not in COLOR_CONTROLS:
@@ -584,8 +614,15 @@ def _check_settings(settings, style_count):
         if len(blend) != style_count:
             raise UserError(f"{len(blend)} style blend weights given for {style_count} style "
                             f"image{'s' if style_count > 1 else ''}: give one weight per style image")
-        if any(w < 0 for w in blend) or sum(blend) <= 0:
-            raise UserError("style blend weights must be non-negative and not all zero")
+        if any(not np.isfinite(w) or w < 0 for w in blend) or sum(blend) <= 0:
+            raise UserError("style blend weights must be finite, non-negative and not all zero")
+    # Every style layer is fed by the styles whose layer set names it: some must weigh more than 0.
+    weights = blend or [1.0] * style_count
+    layer_sets = sets or [list(settings.style_layers)] * style_count
+    if not any(weights[i] > 0 for layer in settings.style_layers for i, layer_set in enumerate(layer_sets)
+               if layer in layer_set):
+        raise UserError("the style objective is empty: every style layer belongs only to styles whose "
+                        "blend weight is 0; give one of them a positive --style-blend-weights value")
 
 
 def _check_masks(masks, style_count):

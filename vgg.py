@@ -11,14 +11,15 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
+import cli
 import download
+import files
 from errors import UserError
 from quiet_tf import tf
 
@@ -226,8 +227,32 @@ def _parse(path):
         raise UserError(f"{path} is not a MatConvNet VGG network: its first layer does not take an RGB "
                         f"image. Expected imagenet-vgg-verydeep-19.mat: {HOW_TO_GET}")
     count = _feature_count(layers)
+    _check_fit(path, layers[:count])
     layers[count:] = [Layer(layer.name, layer.type) for layer in layers[count:]]  # drop fc weights
     return Network(str(path), tuple(layers), mean, count)
+
+
+def _check_fit(path, layers):
+    """The feature layers must fit together, or TensorFlow fails later with a shape error: each
+    convolution takes the channels the previous one gives, and strides, windows and padding are
+    sensible numbers."""
+    channels = 3
+    for layer in layers:
+        problem = None
+        if min(layer.stride) < 1 or min(layer.pad) < 0:
+            problem = f"stride {list(layer.stride)} and padding {list(layer.pad)}"
+        elif layer.type == "pool" and min(layer.pool_size) < 1:
+            problem = f"a pooling window of {list(layer.pool_size)}"
+        elif layer.type == "conv":
+            if min(layer.kernel.shape) < 1:
+                problem = f"kernels of shape {list(layer.kernel.shape)}"
+            elif layer.kernel.shape[2] != channels:
+                problem = (f"kernels for {layer.kernel.shape[2]} input channels after a layer that gives "
+                           f"{channels}")
+            channels = layer.kernel.shape[3]
+        if problem:
+            raise UserError(f"{path} is not a usable VGG network: layer {layer.name} has {problem}. "
+                            f"Expected imagenet-vgg-verydeep-19.mat: {HOW_TO_GET}")
 
 
 def _feature_count(layers):
@@ -280,8 +305,15 @@ def _read_cache(path, key):
                                  **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
                            for i, fields in enumerate(meta["layers"]))
             return Network(str(path), layers, data["mean"], meta["feature_count"], meta["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):  # unreadable cache: parse the .mat again
+    except Exception as error:  # truncated or damaged (zipfile, pickle, JSON, shapes): parse again
+        _damaged_cache(folder / "features.npz", error)
         return None
+
+
+def _damaged_cache(path, error):
+    """A cache that cannot be read is rebuilt, with a note (it is never the user's to fix)."""
+    print(f"note: the cache {path} is damaged ({type(error).__name__}); rebuilding it", file=sys.stderr)
+    files.remove(path)
 
 
 def _write_cache(network, key):
@@ -302,16 +334,13 @@ def _write_cache(network, key):
 
 def _save_npz(path, **arrays):
     """Write a cache file atomically; a cache that cannot be written is skipped, not an error."""
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    except OSError:
-        return
-    try:
-        with os.fdopen(handle, "wb") as out:
+    def write(temporary):
+        with open(temporary, "wb") as out:
             np.savez(out, **arrays)
-        os.replace(temporary, path)
+    try:
+        files.write_atomic(path, write)
     except OSError:
-        os.unlink(temporary)
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +405,8 @@ def _read_scales(cache, key):
             if json.loads(str(data["meta"])) != key:
                 return None
             return {name: data[name] for name in data.files if name != "meta"}
-    except (OSError, ValueError, KeyError):
+    except Exception as error:
+        _damaged_cache(cache, error)
         return None
 
 
@@ -581,7 +611,7 @@ def fetch(dest, url, sha256, progress=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="vgg.py", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="vgg.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("download", help="fetch the VGG19 .mat file (resumes, verifies SHA256)")
     get.add_argument("--dest", type=Path, default=DEFAULT_PATH, help=f"where to save it ({DEFAULT_PATH})")
@@ -589,23 +619,22 @@ def main(argv=None):
     get.add_argument("--sha256", default=SHA256, help="the checksum it must have")
     info = commands.add_parser("layers", help="list the layers of a .mat file and its mean pixel")
     info.add_argument("network", type=Path, nargs="?", default=DEFAULT_PATH)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "download":
-            if args.dest.exists():
-                print(f"{args.dest} already exists; delete it to download again.", file=sys.stderr)
-                return 0
-            fetch(args.dest, args.url, args.sha256)
-            print(f"saved {args.dest}")
-        else:
-            network = load(args.network)
-            print(f"{network.path}: mean pixel {np.round(network.mean_pixel, 3).tolist()}")
-            for layer in network.layers:
-                shape = "" if layer.kernel is None else f" {list(layer.kernel.shape)}"
-                print(f"  {layer.name:10s} {layer.type}{shape}")
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return cli.entry(lambda: _run(parser.parse_args(argv)))
+
+
+def _run(args):
+    if args.command == "download":
+        if args.dest.exists():
+            print(f"{args.dest} already exists; delete it to download again.", file=sys.stderr)
+            return 0
+        fetch(args.dest, args.url, args.sha256)
+        print(f"saved {args.dest}")
+    else:
+        network = load(args.network)
+        print(f"{network.path}: mean pixel {np.round(network.mean_pixel, 3).tolist()}")
+        for layer in network.layers:
+            shape = "" if layer.kernel is None else f" {list(layer.kernel.shape)}"
+            print(f"  {layer.name:10s} {layer.type}{shape}")
     return 0
 
 
