@@ -5,8 +5,6 @@ command line, `figures.py`, the benchmark and `stylize.Settings`' own defaults (
 read them from here, so a value is stated once. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
 """
-import math
-
 import argparse
 import math
 
