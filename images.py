@@ -178,6 +178,23 @@ def resize(image, height, width):
     return np.clip(resized.numpy(), 0.0, 255.0)
 
 
+def resize_nearest(image, height, width):
+    """Nearest-neighbour resize by PIL (what scipy.misc.imresize and Keras' load_img did by default)."""
+    from PIL import Image
+    size = (int(width), int(height))
+    channels = [Image.fromarray(np.ascontiguousarray(channel)).resize(size, Image.Resampling.NEAREST)
+                for channel in np.moveaxis(np.asarray(image, np.float32), -1, 0)]
+    return np.stack([np.asarray(channel, np.float32) for channel in channels], axis=-1)
+
+
+KERAS_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)  # Caffe's ImageNet mean, B, G, R
+
+
+def keras_preprocess(image):
+    """Keras' preprocess_input for VGG ("caffe" mode): RGB to BGR, then the BGR mean subtracted."""
+    return np.asarray(image, np.float32)[..., ::-1] - KERAS_BGR_MEAN
+
+
 def resize_mask(mask, height, width):
     """A [height, width] mask resized with antialiasing, values kept in 0..1."""
     resized = tf.image.resize(np.asarray(mask, np.float32)[..., np.newaxis], (int(height), int(width)),

@@ -16,8 +16,12 @@ balance point of alpha/beta falls as 1/(H W); in "authors" units it stays put. B
 TV loss below. A unit system is one `Units` entry: add one to add a formula set.
 Johnson et al. normalise each layer by its size C*H*W instead:
     content  ||F - P||^2 / (C H W),  style ||G/(C H W) - A||^2 (A computed the same way).
+
+`UNITS` holds the unit systems an image optimisation can use (Settings.loss_units): each source's
+content, per-layer style and TV formulas, so that its weights mean what they meant there.
 """
 from dataclasses import dataclass
+from typing import Callable
 
 from quiet_tf import tf
 
@@ -46,18 +50,6 @@ def style_loss(features, target_gram):
     return tf.reduce_sum(tf.square(difference)) / (4.0 * channels ** 2 * positions ** 2)
 
 
-def mean_content_loss(features, target):
-    """The authors' Lc = mean over the N M elements of (F - P)^2."""
-    return tf.reduce_mean(tf.square(features - target))
-
-
-def mean_style_loss(features, target_gram):
-    """The authors' E_l = mean over the N^2 entries of (G/M - A/M)^2 for one layer."""
-    shape = tf.shape(features)
-    positions = tf.cast(shape[1] * shape[2], tf.float32)
-    return tf.reduce_mean(tf.square((gram_matrix(features) - target_gram) / positions))
-
-
 def feature_reconstruction_loss(features, target):
     """Johnson et al.'s content loss: ||F - P||^2 / (C H W), averaged over the batch."""
     return tf.reduce_mean(tf.reduce_sum(tf.square(features - target), axis=[1, 2, 3])) / _size(features)
@@ -77,32 +69,77 @@ def total_variation_loss(images):
     return tf.reduce_sum(tf.square(down)) + tf.reduce_sum(tf.square(right))
 
 
-def _size(features):
+def keras_content_loss(features, target):
+    """The Keras example's content loss: sum (F - P)^2 (no 1/2)."""
+    return tf.reduce_sum(tf.square(features - target))
+
+
+def keras_style_loss(features, target_gram, input_positions):
+    """The Keras example's per-layer style loss, quirk included: sum (G - A)^2 / (4 * 3^2 * S^2) with
+    its constants channels = 3 and size = S = rows * cols of the input image, at every layer (the
+    printed formula has the layer's N_l and M_l there)."""
+    difference = gram_matrix(features) - target_gram
+    return tf.reduce_sum(tf.square(difference)) / (4.0 * 3.0 ** 2 * tf.cast(input_positions, tf.float32) ** 2)
+
+
+def keras_total_variation_loss(images):
+    """The Keras example's TV: sum over the (H-1)(W-1) pixels with a right and a lower neighbour, and
+    over channels, of (dx^2 + dy^2)^1.25."""
+    down = tf.square(images[:, 1:, :-1, :] - images[:, :-1, :-1, :])
+    right = tf.square(images[:, :-1, 1:, :] - images[:, :-1, :-1, :])
+    return tf.reduce_sum(tf.pow(down + right, 1.25))
+
+
+def mean_content_loss(features, target):
+    """Mean over the N*M elements of (F - P)^2 (the TF tutorial's content loss)."""
+    return tf.reduce_mean(tf.square(features - target))
+
+
+def mean_style_loss(features, target_gram):
+    """Mean over the N^2 entries of (G/M - A/M)^2, M the layer's positions (the TF tutorial's per-layer
+    style loss: Grams divided by the number of positions, then a mean squared error)."""
     shape = tf.shape(features)
-    return tf.cast(shape[1] * shape[2] * shape[3], features.dtype)
+    positions = tf.cast(shape[1] * shape[2], tf.float32)
+    return tf.reduce_mean(tf.square((gram_matrix(features) - target_gram) / positions))
+
+
+def tutorial_total_variation_loss(images):
+    """tf.image.total_variation of the image in 0..1, as the TF tutorial optimises it: the sum of the
+    absolute differences between neighbouring pixels (images here are 0..255, hence the 1/255)."""
+    return tf.reduce_sum(tf.image.total_variation(tf.convert_to_tensor(images) / 255.0))
 
 
 @dataclass(frozen=True)
 class Units:
-    """One unit system of Gatys et al.'s losses.
+    """One source's loss formulas. `style(features, target_gram, input_positions)` gets the target's
+    unnormalised Gram matrix at the output's positions and the input image's H*W.
 
-    content(F, P) and style(F, A) for one layer (A: the unnormalised Gram at F's positions), tv(image).
-    `reference_balance` is the alpha/beta that balances the content and style gradients at the
-    starting image on the reference network, in these units: `--balance auto` rescales beta so that
-    the user's alpha/beta stands in the same relation to the network's own balance point (stylize.py).
+    `reference_balance` is the alpha/beta that balances the content and style gradients at white
+    noise on the reference network, in these units: `--balance auto` rescales beta so that the
+    user's alpha/beta stands in the same relation to the network's own balance point (stylize.py).
+    None: no reference is known, and --balance needs a number.
     """
-    content: callable
-    style: callable
-    tv: callable
-    reference_balance: float
-    source: str
+    content: Callable
+    style: Callable
+    tv: Callable
+    reference_balance: float | None = None
 
 
 UNITS = {
-    # The paper's Fig. 2 ratio 1e-3 on its normalised VGG19, from white noise: see docs/figures.md.
-    "authors": Units(mean_content_loss, mean_style_loss, total_variation_loss, 1e-3,
-                     "the authors' implementation: means over elements and Gram entries"),
-    # The write-up's own alpha/beta (5/100) on the raw VGG19 from its noise blend.
-    "printed": Units(content_loss, style_loss, total_variation_loss, 5e-2,
-                     "the formulas as printed in the paper (and the write-up): sums"),
+    # reference 5e-2: the write-up's own alpha/beta (5/100), so `fast` balances at its weights.
+    "printed": Units(content_loss, lambda features, gram, _: style_loss(features, gram), total_variation_loss,
+                     5e-2),
+    # The authors' means (mean over the N M elements; over the N^2 entries of (G/M - A/M)^2); reference
+    # 1e-3: the paper's Fig. 2 ratio on its normalised VGG19 (docs/neural_style.md, "Balance").
+    "authors": Units(mean_content_loss, lambda features, gram, _: mean_style_loss(features, gram),
+                     total_variation_loss, 1e-3),
+    "keras": Units(keras_content_loss, keras_style_loss, keras_total_variation_loss),
+    "tf-tutorial": Units(mean_content_loss, lambda features, gram, _: mean_style_loss(features, gram),
+                         tutorial_total_variation_loss),
 }
+
+
+def _size(features):
+    shape = tf.shape(features)
+    return tf.cast(shape[1] * shape[2] * shape[3], features.dtype)
+

@@ -2,8 +2,9 @@
 
     python neural_style.py --content photo.jpg --style painting.jpg --output result.png
 
-Presets: writeup (default: the course write-up's TF reproduction), gatys2016 (the CVPR paper) and
-fast (everyday use); every option below overrides its preset. Layer names are the .mat file's own: relu4_2 is the
+Presets: writeup (default: the course write-up's TF reproduction, corrected; --writeup-exact for its
+code to the letter), gatys2016 (the CVPR paper), keras (the Keras example), tf-tutorial (the
+TensorFlow tutorial) and fast (everyday use); every option below overrides its preset. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
 """
 import argparse
@@ -24,7 +25,7 @@ import images
 import progress
 import vgg
 from errors import UserError
-from presets import PRESETS, balance_value, parse_layers, parse_scales, settings_for_preset
+from presets import IMAGE_SIZING, PRESETS, balance_value, parse_layers, parse_scales, settings_for_preset
 from stylize import check_inputs, stylize
 
 def parse_args(argv):
@@ -55,8 +56,13 @@ def parse_args(argv):
                     "first style with the coarse scale of the second")
     loss = parser.add_argument_group("objective")
     loss.add_argument("--preset", choices=sorted(PRESETS), default="writeup",
-                      help="writeup (default: the course write-up), gatys2016 (the CVPR paper) or "
+                      help="writeup (default: the course write-up), gatys2016 (the CVPR paper), keras "
+                      "(keras/examples/neural_style_transfer.py), tf-tutorial (the TensorFlow tutorial) or "
                       "fast (the write-up's objective, reached quickly: everyday use)")
+    loss.add_argument("--writeup-exact", action="store_true",
+                      help="the write-up's code to the letter, mistakes included (double mean subtraction "
+                      "with BGR, style stretched to the content's size, native size, truncation, a JPEG "
+                      "every 100 iterations); only with --preset writeup")
     loss.add_argument("--network", type=Path, help="the MatConvNet VGG .mat file (default: "
                       "weights/imagenet-vgg-verydeep-19.mat, downloaded on first use)")
     loss.add_argument("--normalize-network", action=argparse.BooleanOptionalAction,
@@ -69,15 +75,25 @@ def parse_args(argv):
     loss.add_argument("--style-weight", type=cli.nonnegative_float, help="beta")
     loss.add_argument("--tv-weight", type=cli.nonnegative_float, help="total variation weight")
     loss.add_argument("--pooling", choices=("avg", "max"), help="replace max pooling by average pooling")
-    loss.add_argument("--loss-units", choices=("printed", "authors"),
-                      help="printed: the paper's printed sums (writeup, fast); authors: the authors' "
-                      "means, in which alpha/beta means the same at every size (gatys2016)")
+    loss.add_argument("--loss-units", choices=("printed", "authors", "keras", "tf-tutorial"),
+                      help="whose loss formulas: the paper's printed sums (writeup, fast), the authors' "
+                      "means, in which alpha/beta means the same at every size (gatys2016), the Keras "
+                      "example's or the TF tutorial's (see docs/neural_style.md)")
     loss.add_argument("--balance", type=balance_value, help="auto: rescale beta so that alpha/beta "
                       "balances the gradients as on the paper's network (fast); off; or the factor")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=("adam", "lbfgs"))
     opt.add_argument("--iterations", type=cli.positive_int, help="Adam steps, or L-BFGS loss evaluations")
     opt.add_argument("--learning-rate", type=cli.positive_float, help="Adam's step size")
+    opt.add_argument("--adam-beta1", type=float, help="Adam's beta1, at least 0 and below 1 (default 0.9; "
+                     "tf-tutorial 0.99)")
+    opt.add_argument("--adam-epsilon", type=cli.positive_float, help="Adam's epsilon, outside the square "
+                     "root, in pixel values 0..255 (default 1e-8; tf-tutorial 0.1/255)")
+    opt.add_argument("--lbfgs-round", type=cli.positive_int, help="L-BFGS evaluations before its history "
+                     "is dropped and it starts afresh (keras: 20; default never)")
+    opt.add_argument("--clip-image", action=argparse.BooleanOptionalAction,
+                     help="keep the image in 0..255 while optimising (default on; off in keras, whose "
+                     "L-BFGS was unbounded)")
     opt.add_argument("--init", choices=("blend", "noise", "content", "style", "image"),
                      help="blend: noise mixed with the content (write-up); noise: white noise")
     opt.add_argument("--init-image", type=Path, help="start from this image (implies --init image)")
@@ -102,7 +118,8 @@ def parse_args(argv):
 def settings_from(args):
     """The preset's values, overridden by every option the user gave; and the output's long side."""
     preset = PRESETS[args.preset]
-    given = {key: getattr(args, key, None) for key in preset if key != "max_size"}
+    options = set(preset) | {"loss_units", "adam_beta1", "adam_epsilon", "lbfgs_round", "clip_image"}
+    given = {key: getattr(args, key, None) for key in options - set(IMAGE_SIZING)}
     if args.content_layers is not None:
         given["content_layers"] = parse_layers(args.content_layers, "--content-layers", style=False)
     if args.style_layers is not None:
@@ -112,6 +129,12 @@ def settings_from(args):
     max_size = preset["max_size"] if args.max_size is None else args.max_size
     if args.init_image is not None and args.init is None:
         given["init"] = "image"
+    if args.writeup_exact and args.preset != "writeup":
+        raise UserError(f"--writeup-exact reproduces the write-up's code; it cannot be combined with "
+                        f"--preset {args.preset}")
+    if args.writeup_exact and args.max_size is not None:
+        raise UserError("--writeup-exact uses the content at its native size, as the write-up did; "
+                        "leave out --max-size (resize the photo itself instead)")
     recompute = {"auto": "auto", "on": True, "off": False}[args.recompute]
     if args.preserve_colors and args.color_control not in (None, "luminance"):
         raise UserError("--preserve-colors is luminance-only transfer; it cannot be combined with "
@@ -121,16 +144,38 @@ def settings_from(args):
         [name.strip() for name in spec.split(",") if name.strip()] for spec in args.style_layer_sets]
     settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
                                    style_scale=args.style_scale, seed=args.seed, color_control=color_control,
-                                   style_layer_sets=layer_sets, recompute=recompute)
+                                   style_layer_sets=layer_sets, recompute=recompute,
+                                   writeup_exact=args.writeup_exact or None)
     return settings, max_size
+
+
+def load_inputs(args, max_size):
+    """The content and style images at the size the preset's source used: the content's long side
+    capped at `max_size`; for keras, 400 px high and the style stretched to the content's size (both
+    nearest neighbour, as its load_img(target_size) did); with --writeup-exact the content as it is
+    (stylize stretches the styles to it)."""
+    preset = PRESETS[args.preset]
+    content = images.load_image(args.content, "content image")
+    styles = [images.load_image(path, "style image") for path in args.style]
+    if args.writeup_exact:
+        return content, styles
+    height = preset.get("height") if args.max_size is None else None
+    if height:
+        rows, cols = content.shape[:2]
+        content = images.resize_nearest(content, height, max(1, int(cols * height / rows)))
+    else:
+        content = images.cap_long_side(content, max_size)
+    if preset.get("style_at_content_size"):
+        styles = [images.resize_nearest(style, *content.shape[:2]) for style in styles]
+    return content, styles
 
 
 class Monitor:
     """Shows progress, writes the progress file and the checkpoints, and relays a stop request.
     A progress file or checkpoint that cannot be written is a warning: the run goes on."""
 
-    def __init__(self, args, stop_request):
-        self.args, self.stop_request = args, stop_request
+    def __init__(self, args, settings, stop_request):
+        self.args, self.settings, self.stop_request = args, settings, stop_request
         self.line = progress.LiveLine()
         self.log = None
         if args.progress_file:
@@ -160,6 +205,15 @@ class Monitor:
             except OSError as error:
                 self._warn(f"checkpoint {path} could not be written ({files.describe(error)}); the "
                            f"run goes on")
+        if self.settings.writeup_exact and state.iteration % 100 == 1:
+            # The write-up saved a JPEG after the step of loop index i whenever i % 100 == 0.
+            output = self.args.output
+            path = output.with_name(f"{output.stem}_{state.iteration - 1}.jpg")
+            try:
+                images.save_image(path, state.image(), overwrite=self.args.overwrite)
+            except OSError as error:
+                self._warn(f"snapshot {path} could not be written ({files.describe(error)}); the run "
+                           f"goes on")
         elapsed, left = progress.eta(self.start, state.iteration, state.total_iterations)
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
                 f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}  "
@@ -208,15 +262,14 @@ def run(args):
             args.output.with_suffix(".json").resolve() and args.progress_file.suffix == ".json":
         raise UserError(f"--progress-file {args.progress_file} is where the run's record goes "
                         f"({args.output.with_suffix('.json')}); choose another name, e.g. a .jsonl")
-    content = images.cap_long_side(images.load_image(args.content, "content image"), max_size)
-    styles = [images.load_image(path, "style image") for path in args.style]
+    content, styles = load_inputs(args, max_size)
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
     masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None
     check_inputs(settings, content, styles, init_image, masks)  # all that needs no network
 
     network = vgg.load(args.network if args.network else vgg.ensure_default())
     with progress.graceful_interrupt() as stop_request:
-        monitor = Monitor(args, stop_request)
+        monitor = Monitor(args, settings, stop_request)
         try:
             result = stylize(network, content, styles, settings, monitor, init_image, masks)
         finally:

@@ -1,6 +1,7 @@
 """The recipes: each preset's values in one place, and the grammar of layer lists and scales.
 
-A preset is a dict of `stylize.Settings` fields (plus `max_size`, the output's long side). The
+A preset is a dict of `stylize.Settings` fields plus how the images are sized (IMAGE_SIZING: `max_size`,
+the output's long side; optionally `height`, an exact output height, and `style_at_content_size`). The
 command line, `figures.py`, the benchmark and `stylize.Settings`' own defaults (the write-up) all
 read them from here, so a value is stated once. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
@@ -62,6 +63,9 @@ def parse_scales(spec):
     return tuple(scales)
 
 
+IMAGE_SIZING = ("max_size", "height", "style_at_content_size")
+RELU_1 = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
 PRESETS = {
     # The course write-up's TF reproduction (see docs/neural_style.md, "Deviations").
     "writeup": {
@@ -85,6 +89,30 @@ PRESETS = {
         "loss_units": "authors", "balance": "off",
     },
 }
+# keras/examples/neural_style_transfer.py, VGG19 version (see docs/neural_style.md, "keras").
+PRESETS["keras"] = {
+    "content_layers": {"relu5_2": 1.0},  # block5_conv2
+    "style_layers": {name: 1.0 / 5 for name in RELU_1},  # blockN_conv1, each style_weight / 5
+    "content_weight": 0.025, "style_weight": 1.0, "tv_weight": 1.0,
+    "loss_units": "keras",  # sum (F-P)^2; channels = 3, size = rows*cols; (dx^2 + dy^2)^1.25 TV
+    # 10 calls of fmin_l_bfgs_b(maxfun=20), unbounded, from the content image.
+    "optimizer": "lbfgs", "iterations": 200, "lbfgs_round": 20, "clip_image": False,
+    "scales": ((1.0, None),), "init": "content", "pooling": "max", "precision": "float32", "normalize_network": False,
+    "max_size": None, "height": 400, "style_at_content_size": True,  # load_img(target_size=(400, ...))
+}
+# The TensorFlow tutorial "Neural style transfer" (Kandinsky example), its final run with the TV term.
+# Its image is 0..1 and ours 0..255 (x255 = 255 x01): Adam on x255 with lr 255*0.02 and epsilon 0.1/255
+# takes exactly the tutorial's steps (the gradient scales by 1/255, m by 1/255, sqrt(v) by 1/255).
+PRESETS["tf-tutorial"] = {
+    "content_layers": {"relu5_2": 1.0},  # block5_conv2
+    "style_layers": {name: 1.0 / 5 for name in RELU_1},  # each weight / num_style_layers
+    "content_weight": 1e4, "style_weight": 1e-2, "tv_weight": 30.0,
+    "loss_units": "tf-tutorial",  # mean squared errors, Grams / positions, tf.image.total_variation on 0..1
+    "optimizer": "adam", "learning_rate": 0.02 * 255, "adam_beta1": 0.99, "adam_epsilon": 0.1 / 255,
+    "iterations": 1000, "clip_image": True,  # 10 epochs of 100 steps, clip_0_1 after each
+    "scales": ((1.0, None),), "init": "content", "pooling": "max", "precision": "float32",
+    "normalize_network": False, "max_size": 512,
+}
 # The everyday recipe: the write-up's objective, reached as fast as this project can. Measured
 # (docs/speed.md): L-BFGS at one scale beat Adam and coarse-to-fine scales, and bfloat16 (where the
 # CPU has it) with a float32 finish beat float32 alone.
@@ -99,5 +127,6 @@ def settings_for_preset(name, **overrides):
     values."""
     from stylize import Settings  # stylize reads its defaults from here
     values = dict(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
-    values.pop("max_size")
+    for key in IMAGE_SIZING:
+        values.pop(key, None)
     return Settings(**values)

@@ -26,6 +26,7 @@ from vgg import VGG, resolve_precision
 INITS = ("blend", "noise", "content", "style", "image")
 COLOR_CONTROLS = ("none", "luminance", "histogram")
 OPTIMIZERS = ("adam", "lbfgs")
+LOSS_UNITS = tuple(losses.UNITS)
 BALANCES = ("auto", "off")  # or a positive number: the factor itself
 
 
@@ -58,8 +59,13 @@ class Settings:
     scales: tuple = _writeup("scales")  # (fraction of the output size, iterations or None: `iterations`)
     recompute: object = "auto"  # True, False, or "auto": when activations would not fit in memory
     normalize_network: bool = _writeup("normalize_network")  # Gatys et al.'s rescaled weights (vgg.normalize)
-    loss_units: str = _writeup("loss_units")  # a key of losses.UNITS: "printed" sums or the "authors'" means
-    balance: object = _writeup("balance")  # "off", "auto" (calibrate beta; balance_factor) or the factor
+    loss_units: str = _writeup("loss_units")  # a key of losses.UNITS: the paper's printed sums, the authors' means, a source's
+    balance: object = _writeup("balance")  # "off", "auto" (calibrate beta; resolve_balance) or the factor
+    adam_beta1: float = 0.9
+    adam_epsilon: float = 1e-8  # TF1/Keras epsilon, outside the square root
+    lbfgs_round: int | None = None  # L-BFGS evaluations before its history is dropped (Keras: 20); None: never
+    clip_image: bool = True  # keep the image in 0..255 while optimising (the write-up and Keras did not)
+    writeup_exact: bool = False  # the write-up's code to the letter, mistakes included (writeup_exact_images)
 
 
 @dataclass
@@ -144,12 +150,13 @@ class Objective:
     def terms(self, image):
         """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
         features = self.vgg(image)
-        units = self.units
-        content = tf.add_n([weight * units.content(features[name], self.content_targets[name])
+        positions = tf.shape(image)[1] * tf.shape(image)[2]
+        content = tf.add_n([weight * self.units.content(features[name], self.content_targets[name])
                             for name, weight in self.content_layers.items()])
-        style = tf.add_n([weight * units.style(features[name] if mask is None else features[name] * mask, gram)
+        style = tf.add_n([weight * self.units.style(features[name] if mask is None else features[name] * mask,
+                                                    gram, positions)
                           for name, weight, gram, mask in self.style_terms])
-        return tf.stack([content, style, units.tv(image)])
+        return tf.stack([content, style, self.units.tv(image)])
 
     def total(self, terms):
         return tf.reduce_sum(self.weights * terms)
@@ -188,6 +195,8 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
     check_inputs(settings, content, styles, init_image, masks)
     blend = np.asarray(settings.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
     blend = blend / blend.sum()
+    if settings.writeup_exact:
+        content, styles = writeup_exact_images(content, styles)
     original_content = content
     if settings.color_control == "luminance":  # transfer on luminance; colours from the content
         styles = [images.match_luminance(style, content) for style in styles]
@@ -231,8 +240,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         scaled_masks = masks and [None if mask is None else images.resize_mask(mask, height, width)
                                   for mask in masks]
         if image is None:
-            start = np.clip(initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel,
-                                          init_image), 0.0, 255.0)
+            start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
             make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
             # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from:
             # from the content the content gradient is 0, and every start shares one objective.
@@ -250,13 +258,17 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         colours = images.resize(original_content, height, width)
         finish = (lambda x, colours=colours: images.with_colors_of(x, colours)) \
             if settings.color_control == "luminance" else (lambda x: x)
+        if settings.writeup_exact:  # its output: the variable plus the RGB mean, truncated to uint8
+            finish = lambda x, colour=finish: np.floor(np.clip(colour(x), 0.0, 255.0))
         report.next_scale(finish, first=i == 0)
         # Later scales begin with an evaluation of the upsampled image: it counts as an iteration.
         steps = iterations if i == 0 else iterations - 1
+        clip = settings.clip_image and not settings.writeup_exact
+        start = np.clip(start, 0.0, 255.0) if clip else start
         if settings.optimizer == "adam":
-            reached, done, status = _adam(objective, np.clip(start, 0.0, 255.0), steps, settings, report)
+            reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
-            reached, done, status = _lbfgs(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+            reached, done, status = _lbfgs(objective, start, steps, report, exact, clip, settings.lbfgs_round)
         # None: not finite from the first evaluation; a later scale keeps the earlier scale's image.
         image = reached if reached is not None else (None if i == 0 else start)
         if status != "done":
@@ -288,6 +300,10 @@ def resolve_balance(settings, objective, network, start, content, styles, masks)
                       "blend": settings.style_blend_weights, "images": digest.hexdigest(),
                       "format": 1}, sort_keys=True)
     key = hashlib.sha256(key.encode()).hexdigest()
+    reference = losses.UNITS[settings.loss_units].reference_balance
+    if reference is None:
+        raise UserError(f"--balance auto has no reference balance for the {settings.loss_units} loss units; "
+                        f"give --balance a number or use --loss-units authors or printed")
     cache = _balance_cache(network)
     if key in cache:
         return cache[key]
@@ -295,7 +311,7 @@ def resolve_balance(settings, objective, network, start, content, styles, masks)
     if not (np.isfinite(content_norm) and np.isfinite(style_norm)) or style_norm <= 0 or content_norm <= 0:
         raise UserError(f"--balance auto cannot calibrate: at white noise the content gradient is "
                         f"{content_norm:g} and the style gradient {style_norm:g}; give --balance a number")
-    factor = losses.UNITS[settings.loss_units].reference_balance * content_norm / style_norm
+    factor = reference * content_norm / style_norm
     _save_balance_cache(network, dict(list(cache.items())[-(BALANCE_CACHE_SIZE - 1):], **{key: factor}))
     return factor
 
@@ -406,12 +422,23 @@ def initial_image(settings, content, style, mean_pixel, init_image=None):
     return (mean + ratio * noise + (1.0 - ratio) * (content - mean)).astype(np.float32)
 
 
-def _adam(objective, start, iterations, settings, report):
-    """`iterations` Adam steps from `start`; returns (image, last iteration, status)."""
+def writeup_exact_images(content, styles):
+    """The write-up's inputs, mistakes included: each style image resized to the content's exact height
+    and width (nearest neighbour, aspect distorted), then Keras' BGR preprocessing on every image. The
+    network subtracts its RGB mean pixel once more, as the write-up's graph did; what the write-up
+    saved, that input plus the RGB mean, is then the image itself (truncated to uint8 by `stylize`)."""
+    height, width = content.shape[:2]
+    styles = [images.resize_nearest(style, height, width) for style in styles]
+    return images.keras_preprocess(content), [images.keras_preprocess(style) for style in styles]
+
+
+def _adam(objective, start, iterations, settings, report, clip=True):
+    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`); returns (image, last iteration,
+    status)."""
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
-    adam = Adam(image, settings.learning_rate)
+    adam = Adam(image, settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
 
     @tf.function
     def evaluate():
@@ -426,7 +453,8 @@ def _adam(objective, start, iterations, settings, report):
     def step():
         previous.assign(image)
         adam.apply(gradient)
-        image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
+        if clip:
+            image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()
 
     current = lambda: image.numpy()[0]
@@ -455,8 +483,11 @@ class _HandOver(Exception):
     """Raised inside the L-BFGS objective when a reduced-precision loss overflows."""
 
 
-def _lbfgs(objective, start, iterations, report, exact=None):
-    """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation.
+def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_length=None):
+    """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation. The
+    image is bounded to 0..255 if `clip`; with a `round_length`, each run of scipy's optimiser gets
+    that many evaluations (its own maxfun count) and the next starts afresh, as the Keras example's
+    10 calls of fmin_l_bfgs_b(maxfun=20) do.
 
     In reduced precision the loss carries rounding noise, and L-BFGS stops by itself once a line
     search can no longer tell a decrease from that noise (at about the 450th evaluation of a 512 px
@@ -507,13 +538,13 @@ def _lbfgs(objective, start, iterations, report, exact=None):
     try:
         # scipy also ends when a line search finds no decrease: start again from the best image with
         # a fresh history (in float32, after reduced precision) while that still makes progress.
+        budget = iterations + 1 if round_length is None else round_length
         while state["iteration"] < iterations:
             best_before = state["best_loss"]
             try:
                 scipy.optimize.minimize(fun, state["best"], jac=True, method="L-BFGS-B",
-                                        bounds=scipy.optimize.Bounds(0.0, 255.0),  # a valid image throughout
-                                        options={"maxiter": iterations, "maxfun": iterations + 1,
-                                                 "ftol": 0.0, "gtol": 0.0})
+                                        bounds=scipy.optimize.Bounds(0.0, 255.0) if clip else None,
+                                        options={"maxiter": budget, "maxfun": budget, "ftol": 0.0, "gtol": 0.0})
             except _HandOver:
                 pass
             if state["exact"] is not None:
@@ -586,8 +617,14 @@ def _check_settings(settings, style_count):
                 raise UserError(f"{what} layer {name}'s weight must be finite and not negative, not {weight}")
     if settings.seed is not None and not 0 <= settings.seed < 2 ** 32:
         raise UserError(f"the seed must be a whole number from 0 to 4294967295, not {settings.seed}")
-    if settings.loss_units not in losses.UNITS:
-        raise UserError(f"loss units must be one of {', '.join(losses.UNITS)}, not '{settings.loss_units}'")
+    if settings.loss_units not in LOSS_UNITS:
+        raise UserError(f"loss units must be one of {', '.join(LOSS_UNITS)}, not '{settings.loss_units}'")
+    if not 0.0 <= settings.adam_beta1 < 1.0:
+        raise UserError(f"Adam's beta1 must be at least 0 and below 1, not {settings.adam_beta1}")
+    if not 0 < settings.adam_epsilon < np.inf:
+        raise UserError(f"Adam's epsilon must be positive and finite, not {settings.adam_epsilon}")
+    if settings.lbfgs_round is not None and settings.lbfgs_round < 1:
+        raise UserError(f"L-BFGS round must be a positive number of evaluations, not {settings.lbfgs_round}")
     balance = settings.balance
     if balance not in BALANCES and not (isinstance(balance, (int, float)) and np.isfinite(balance)
                                         and balance > 0):

@@ -224,6 +224,47 @@ def test_ctrl_c_saves_the_current_image(tmp_path, tiny_mat, image_files):
     assert f"iteration {last} is saved" in err
 
 
+def test_writeup_exact_keeps_the_native_size_and_writes_a_jpeg_every_100_steps(tiny_mat, tmp_path):
+    content = images.save_image(tmp_path / "wide.png", smooth_image(24, 530))  # wider than --max-size 512
+    style = images.save_image(tmp_path / "style.png", stripes_image(40, 40))
+    out = tmp_path / "out.png"
+    assert cli("--content", content, "--style", style, "--network", tiny_mat, "--writeup-exact",
+               "--iterations", 201, "--output", out) == 0
+    assert images.load_image(out).shape == (24, 530, 3)
+    snapshots = sorted(p.name for p in tmp_path.glob("out_*.jpg"))
+    assert snapshots == ["out_0.jpg", "out_100.jpg", "out_200.jpg"]  # the write-up's i % 100 == 0
+    assert images.load_image(tmp_path / "out_200.jpg").shape == (24, 530, 3)
+
+
+@pytest.mark.parametrize("extra, message", [(["--preset", "keras"], "cannot be combined"),
+                                            (["--max-size", "64"], "native size")])
+def test_writeup_exact_refuses_what_the_write_up_did_not_do(base, tmp_path, capsys, extra, message):
+    assert cli(*base, "--writeup-exact", *extra, "--output", tmp_path / "o.png") == 1
+    assert message in capsys.readouterr().err
+
+
+def test_keras_preset_renders_400_px_high_from_the_content(base, tmp_path):
+    out, log = tmp_path / "k.png", tmp_path / "k.jsonl"
+    assert cli(*base, "--preset", "keras", "--iterations", 2, "--output", out, "--progress-file", log) == 0
+    assert images.load_image(out).shape == (400, 480, 3)  # 40x48 content: rows 400, cols int(48 * 400 / 40)
+    first = json.loads(log.read_text().splitlines()[0])
+    assert first["content_loss"] == 0.0  # it starts from the content image
+    assert first["total_loss"] == pytest.approx(0.025 * first["content_loss"] + first["style_loss"]
+                                                + first["tv_loss"], rel=1e-4)
+
+
+def test_adam_and_unit_options_reach_the_settings(base):
+    args = neural_style.parse_args([str(a) for a in base] + [
+        "--output", "x.png", "--loss-units", "tf-tutorial", "--adam-beta1", "0.99", "--adam-epsilon", "0.5",
+        "--lbfgs-round", "7", "--no-clip-image"])
+    s, _ = neural_style.settings_from(args)
+    assert (s.loss_units, s.adam_beta1, s.adam_epsilon, s.lbfgs_round, s.clip_image) == \
+        ("tf-tutorial", 0.99, 0.5, 7, False)
+    s, max_size = neural_style.settings_from(neural_style.parse_args(
+        [str(a) for a in base] + ["--output", "x.png", "--preset", "tf-tutorial"]))
+    assert (s.loss_units, s.optimizer, s.adam_beta1, max_size) == ("tf-tutorial", "adam", 0.99, 512)
+
+
 def test_every_run_writes_its_record_with_the_hashes(base, tmp_path, tiny_mat, image_files):
     out = tmp_path / "out.png"
     assert cli(*base, "--output", out, "--seed", 1, "--loss-units", "authors", "--balance", "3") == 0

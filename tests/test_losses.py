@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import losses
+from quiet_tf import tf
 
 rng = np.random.default_rng(0)
 F = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)  # 1 image, 3x4 positions, 5 channels
@@ -58,6 +59,66 @@ def test_johnson_losses_normalise_by_c_h_w_and_average_the_batch():
     assert float(got) == pytest.approx(style, rel=1e-4)
 
 
+# The unit systems of the other seed recipes, at two sizes each (the formulas must scale as stated).
+SIZES = [(3, 4), (6, 8)]
+
+
+def features_of(height, width, channels=5, seed=1):
+    generator = np.random.default_rng(seed)
+    return [generator.standard_normal((1, height, width, channels)).astype(np.float32) for _ in range(2)]
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+def test_keras_units_match_numpy(height, width):
+    """Keras: sum (F-P)^2; style sum (G-A)^2 / (4 * 3^2 * S^2) with S the INPUT image's rows*cols, not
+    the layer's channels and positions (its quirk)."""
+    f, p = features_of(height, width)
+    units = losses.UNITS["keras"]
+    assert float(units.content(f, p)) == pytest.approx(np.sum((f.astype(np.float64) - p) ** 2), rel=1e-5)
+    input_positions = 37 * 53
+    a = gram_by_hand(p)
+    expected = np.sum((gram_by_hand(f) - a) ** 2) / (4 * 3 ** 2 * input_positions ** 2)
+    got = units.style(f, a[np.newaxis].astype(np.float32), tf.constant(input_positions))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+def test_keras_total_variation_is_the_1_25_power_of_squared_differences(height, width):
+    image = rng.uniform(0, 255, (1, height, width, 3))
+    expected = 0.0
+    for i in range(height - 1):
+        for j in range(width - 1):
+            down = (image[0, i + 1, j] - image[0, i, j]) ** 2
+            right = (image[0, i, j + 1] - image[0, i, j]) ** 2
+            expected += np.sum((down + right) ** 1.25)
+    got = losses.UNITS["keras"].tv(image.astype(np.float32))
+    assert float(got) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+def test_tf_tutorial_units_match_numpy(height, width):
+    """The tutorial: mean squared errors, Grams divided by the layer's positions, and
+    tf.image.total_variation (sum of absolute differences) of the image in 0..1."""
+    f, p = features_of(height, width)
+    units = losses.UNITS["tf-tutorial"]
+    assert float(units.content(f, p)) == pytest.approx(np.mean((f.astype(np.float64) - p) ** 2), rel=1e-5)
+    m = height * width
+    a = gram_by_hand(p)
+    expected = np.mean((gram_by_hand(f) / m - a / m) ** 2)
+    assert float(units.style(f, a[np.newaxis].astype(np.float32), None)) == pytest.approx(expected, rel=1e-4)
+    image = rng.uniform(0, 255, (1, height, width, 3))
+    tv = (np.sum(np.abs(np.diff(image, axis=1))) + np.sum(np.abs(np.diff(image, axis=2)))) / 255
+    assert float(units.tv(image.astype(np.float32))) == pytest.approx(tv, rel=1e-5)
+
+
+def test_printed_units_are_the_papers_formulas():
+    units = losses.UNITS["printed"]
+    a = losses.gram_matrix(P)
+    assert float(units.content(F, P)) == pytest.approx(float(losses.content_loss(F, P)))
+    assert float(units.style(F, a, tf.constant(999))) == pytest.approx(float(losses.style_loss(F, a)))
+    assert units.tv is losses.total_variation_loss
+
+
 # ---- the unit systems (issue 12) ---------------------------------------------------------------
 
 @pytest.mark.parametrize("height, width", [(3, 4), (6, 8)])
@@ -71,6 +132,6 @@ def test_unit_systems_against_numpy(height, width):
     assert float(printed.content(f, p)) == pytest.approx(0.5 * np.sum(diff ** 2), rel=1e-5)
     assert float(authors.content(f, p)) == pytest.approx(np.mean(diff ** 2), rel=1e-5)
     target = a[np.newaxis].astype(np.float32)
-    assert float(printed.style(f, target)) == pytest.approx(np.sum((g - a) ** 2) / (4 * n ** 2 * m ** 2),
+    assert float(printed.style(f, target, None)) == pytest.approx(np.sum((g - a) ** 2) / (4 * n ** 2 * m ** 2),
                                                             rel=1e-4)
-    assert float(authors.style(f, target)) == pytest.approx(np.mean((g / m - a / m) ** 2), rel=1e-4)
+    assert float(authors.style(f, target, None)) == pytest.approx(np.mean((g / m - a / m) ** 2), rel=1e-4)

@@ -176,6 +176,124 @@ def test_image_too_small_for_the_deepest_layer(tiny_network):
         stylize.stylize(tiny_network, CONTENT, [STYLE], settings(style_scale=0.2))
 
 
+# The seed recipes: the Keras example, the TF tutorial and the write-up to the letter.
+
+def test_keras_preset_style_loss_uses_channels_3_and_the_images_rows_times_cols(tiny_network):
+    from presets import settings_for_preset
+    from vgg import VGG
+    s = settings_for_preset("keras")
+    net = VGG(tiny_network, list(s.content_layers) + list(s.style_layers), pooling="max")
+    style = images.resize_nearest(STYLE, *CONTENT.shape[:2])  # Keras stretches it to the content's size
+    objective = stylize.Objective(net, CONTENT, [style], [1.0], s)
+    image = np.clip(CONTENT + np.random.default_rng(0).uniform(-30, 30, CONTENT.shape), 0, 255).astype(np.float32)
+    content, style_term, tv = objective.terms(image[np.newaxis]).numpy()
+
+    def gram(f):
+        flat = f.numpy()[0].reshape(-1, f.shape[3]).astype(np.float64)
+        return flat.T @ flat
+    mine, target, photo = net(image[np.newaxis]), net(style[np.newaxis]), net(CONTENT[np.newaxis])
+    rows_cols = CONTENT.shape[0] * CONTENT.shape[1]
+    expected = sum(1.0 / 5 * np.sum((gram(mine[name]) - gram(target[name])) ** 2) / (4 * 3 ** 2 * rows_cols ** 2)
+                   for name in s.style_layers)
+    assert style_term == pytest.approx(expected, rel=1e-3)
+    assert content == pytest.approx(np.sum((mine["relu5_2"].numpy() - photo["relu5_2"].numpy()) ** 2.0), rel=1e-4)
+    down, right = np.diff(image, axis=0)[:, :-1] ** 2, np.diff(image, axis=1)[:-1] ** 2
+    assert tv == pytest.approx(np.sum((down.astype(np.float64) + right) ** 1.25), rel=1e-4)
+
+
+def test_lbfgs_rounds_start_afresh_every_n_evaluations(tiny_network, monkeypatch):
+    calls = []
+    minimize = stylize.scipy.optimize.minimize
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["options"]["maxfun"])
+        return minimize(*args, **kwargs)
+    monkeypatch.setattr(stylize.scipy.optimize, "minimize", counted)
+    result, seen = run(tiny_network, optimizer="lbfgs", iterations=12, lbfgs_round=4, clip_image=False)
+    assert result.status == "done" and seen[-1].iteration == 12
+    assert len(calls) >= 2 and set(calls) == {4}  # Keras: 10 calls of fmin_l_bfgs_b(maxfun=20)
+    calls.clear()
+    run(tiny_network, optimizer="lbfgs", iterations=12)
+    assert len(calls) == 1  # without rounds, one run keeps its history
+
+
+def test_without_clipping_the_image_may_leave_0_255(tiny_network):
+    def extremes(clip):
+        seen = run(tiny_network, init="content", learning_rate=60.0, iterations=3, clip_image=clip)[1]
+        return min(float(p.image().min()) for p in seen), max(float(p.image().max()) for p in seen)
+    low, high = extremes(False)
+    assert low < 0 or high > 255
+    low, high = extremes(True)
+    assert low >= 0 and high <= 255
+
+
+def test_tf_tutorial_adam_steps_are_the_tutorials_arithmetic(tiny_network):
+    """lr 255 * 0.02 and epsilon 0.1/255 on our 0..255 image take the steps that tf.keras Adam(0.02,
+    beta_1=0.99, epsilon=0.1) takes on the tutorial's 0..1 image, with its losses and clip_0_1."""
+    import keras
+    from presets import settings_for_preset
+    from vgg import VGG
+    s = settings_for_preset("tf-tutorial", iterations=3)
+    style = stripes_image(40, 40)  # the output's long side, as the tutorial loads both images
+    # A photo without flat areas: |d| has no gradient at d = 0, where rounding decides the side.
+    content = np.clip(CONTENT + np.random.default_rng(1).uniform(-20, 20, CONTENT.shape), 0, 255)
+    content = content.astype(np.float32)
+    seen = []
+    stylize.stylize(tiny_network, content, [style], s, lambda p: seen.append(p.image()) or True)
+
+    net = VGG(tiny_network, list(s.content_layers) + list(s.style_layers), pooling="max")
+
+    def gram(f):  # the tutorial's gram_matrix
+        return tf.linalg.einsum("bijc,bijd->bcd", f, f) / tf.cast(f.shape[1] * f.shape[2], tf.float32)
+    x = tf.Variable(content[np.newaxis] / 255.0)
+    # Its targets come from its 0..1 images, times 255 in the model, as the tutorial's extractor does.
+    style_targets = {name: gram(f) for name, f in net(style[np.newaxis] / 255.0 * 255.0).items()
+                     if name in s.style_layers}
+    content_target = net(x * 255.0)["relu5_2"]
+    opt = keras.optimizers.Adam(learning_rate=0.02, beta_1=0.99, epsilon=1e-1)
+    for step in range(1, 4):
+        with tf.GradientTape() as tape:
+            features = net(x * 255.0)
+            style_loss = tf.add_n([tf.reduce_mean((gram(features[name]) - style_targets[name]) ** 2)
+                                   for name in s.style_layers]) * 1e-2 / 5
+            content_loss = tf.reduce_mean((features["relu5_2"] - content_target) ** 2) * 1e4 / 1
+            loss = style_loss + content_loss + 30 * tf.image.total_variation(x)
+        opt.apply_gradients([(tape.gradient(loss, x), x)])
+        x.assign(tf.clip_by_value(x, 0.0, 1.0))
+        assert np.abs(seen[step] - seen[0]).max() > 1  # the step moved the image
+        np.testing.assert_allclose(seen[step], 255.0 * x.numpy()[0], atol=5e-3)
+
+
+def test_writeup_exact_preprocessing_of_a_pixel(tiny_network):
+    """Keras' preprocess_input (BGR flip, BGR mean) and then the network's own RGB mean once more."""
+    content = np.full((20, 24, 3), 128.0, np.float32)
+    content[0, 0] = [200.0, 100.0, 50.0]  # R, G, B
+    style = stripes_image(30, 45)
+    exact_content, (exact_style,) = stylize.writeup_exact_images(content, [style])
+    np.testing.assert_allclose(tiny_network.mean_pixel, [123.68, 116.779, 103.939], atol=1e-4)
+    seen_by_network = exact_content[0, 0] - tiny_network.mean_pixel
+    np.testing.assert_allclose(seen_by_network, [50 - 103.939 - 123.68, 100 - 116.779 - 116.779,
+                                                 200 - 123.68 - 103.939], atol=1e-3)
+    # The style is stretched to the content's exact size with nearest neighbour: only its own pixels.
+    assert exact_style.shape == (20, 24, 3)
+    style_pixels = {tuple(p) for p in images.keras_preprocess(style).reshape(-1, 3)}
+    assert all(tuple(p) in style_pixels for p in exact_style.reshape(-1, 3))
+
+
+def test_writeup_exact_truncates_the_output_and_does_not_clip_the_variable(tiny_network):
+    s = settings(writeup_exact=True, init="blend", iterations=2, optimizer="adam")
+    first = []
+    run(tiny_network, lambda p: first.append(p.image()) and False, writeup_exact=True, init="blend")
+    exact_content, (exact_style,) = stylize.writeup_exact_images(CONTENT, [STYLE])
+    start = stylize.initial_image(s, exact_content, exact_style, tiny_network.mean_pixel)
+    np.testing.assert_array_equal(first[0], np.floor(np.clip(start, 0, 255)))
+    assert np.any(np.floor(np.clip(start, 0, 255)) != np.round(np.clip(start, 0, 255)))
+    # From the (preprocessed, partly negative) content, nothing is clipped: the content loss starts at 0.
+    _, seen = run(tiny_network, writeup_exact=True, init="content", iterations=1)
+    assert seen[0].content_loss == pytest.approx(0.0, abs=1e-6)
+    assert exact_content.min() < 0
+
+
 # ---- loss units and balance calibration (issue 12) --------------------------------------------
 
 
