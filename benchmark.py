@@ -262,18 +262,61 @@ def startup(network_path, args):
 def feedforward_speed(network, precisions, quick):
     """Seconds to stylize a 512x512 image with Johnson's network (per precision), and training steps
     per second at 256 px, batch 4, with `network` as the loss network."""
-    import feedforward
-    size, widths, steps = (64, (8, 8, 8), 2) if quick else (512, feedforward.JOHNSON_WIDTHS, 5)
+    from transformer import JOHNSON_WIDTHS
+    size, widths, steps = (64, (8, 8, 8), 2) if quick else (512, JOHNSON_WIDTHS, 5)
     rows = [{"what": f"stylize {size}x{size}", "precision": precision,
-             **feedforward.benchmark_stylize(size, precision=precision, widths=widths,
-                                             repeats=3 if quick else 10)}
+             **benchmark_stylize(size, precision=precision, widths=widths,
+                                 repeats=3 if quick else 10)}
             for precision in precisions]
-    training = feedforward.benchmark_training(network, image_size=size // 2, batch_size=4, steps=steps,
-                                              widths=widths)
+    training = benchmark_training(network, image_size=size // 2, batch_size=4, steps=steps, widths=widths)
     rows.append({"what": f"training steps/s at {size // 2} px, batch 4", "precision": "float32", **training})
     for row in rows:
         print(f"  feedforward {row}", file=sys.stderr)
     return rows
+
+
+def benchmark_stylize(size=512, precision="float32", jit_compile=False, widths=None,
+                      variant="improved", repeats=10, warmup=3):
+    """Seconds to stylize one size x size image (untrained weights time the same): median and best
+    of `repeats` calls after `warmup` calls."""
+    from transformer import JOHNSON_WIDTHS, TransformNet
+    net = TransformNet(widths or JOHNSON_WIDTHS, variant, dtype=precision)
+    any_size = tf.TensorSpec([None, None, None, 3], tf.float32)  # as the SavedModel that `stylize` runs
+    run = tf.function(lambda batch: net(batch), input_signature=[any_size], jit_compile=jit_compile)
+    batch = tf.random.uniform([1, size, size, 3], 0, 255, seed=0)
+    return _time(lambda: run(batch).numpy(), repeats, warmup)
+
+
+def benchmark_training(network, image_size=256, batch_size=4, steps=5, warmup=2, variant="improved",
+                       widths=None, devices=None):
+    """Training steps per second (median and best of `steps`) on random images with the default
+    layers of `network` (a vgg.Network)."""
+    import fast_train
+    from transformer import JOHNSON_WIDTHS
+    widths = widths or JOHNSON_WIDTHS
+    settings = fast_train.Settings(style="", data="", network=network.path, variant=variant,
+                                   widths=widths, image_size=image_size,
+                                   batch_size=batch_size).with_defaults(network)
+    rng = np.random.default_rng(0)
+    style = rng.uniform(0, 255, (image_size, image_size, 3)).astype(np.float32)
+    strategy = fast_train.choose_strategy(devices)
+    training = fast_train.Training(network, style, settings, strategy)
+    crops = tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
+    data = tf.data.Dataset.from_tensors((crops, tf.zeros([batch_size], tf.int64))).repeat()
+    batches = iter(strategy.experimental_distribute_dataset(data))
+    seconds = _time(lambda: float(training.train_step(next(batches))[1]), steps, warmup)
+    return {"steps_per_second": 1 / seconds["median"], "best_steps_per_second": 1 / seconds["best"]}
+
+
+def _time(call, repeats, warmup):
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return {"median": float(np.median(times)), "best": min(times)}
 
 
 def table(results):

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-import feedforward
+import fast_apply
+import fast_train
 import files
+import grids
 import images
 from errors import UserError
 from quiet_tf import tf
@@ -126,7 +128,7 @@ def _idx_images(path, data):
 @dataclass
 class Study:
     """What defines a study: the settings both runs share, the two stages and the digits."""
-    settings: feedforward.Settings  # data: the study's data/ folder; no stages
+    settings: fast_train.Settings  # data: the study's data/ folder; no stages
     stage1_steps: int
     stage2_steps: int
     mnist: str | None = None
@@ -150,7 +152,7 @@ def load_study(out):
         raise UserError(f"{out} holds no study ({STUDY_FILE} is missing); start one with "
                         f"`fast_style.py study-digits --style S --out {out}`")
     values = json.loads(path.read_text())
-    return Study(**{**values, "settings": feedforward.settings_from_dict(values["settings"])})
+    return Study(**{**values, "settings": fast_train.settings_from_dict(values["settings"])})
 
 
 @dataclass
@@ -164,7 +166,7 @@ class StudyResult:
 def run_study(out, study, network, resume=False, overwrite=False, checkpoint_every=500, preview_every=500,
               print_every=100, stop=lambda: False, report=lambda line, keep: None):
     """Train runs A and B (see the module docstring) into `out`, then write the comparison sheet and
-    the loss curves; returns a StudyResult. Stops, saves and resumes as feedforward.train does."""
+    the loss curves; returns a StudyResult. Stops, saves and resumes as fast_train.train does."""
     out = Path(out)
     if study.stage1_steps < 1 or study.stage2_steps < 1:
         raise UserError(f"the study needs both stages: --stage1-steps and --stage2-steps must be positive, "
@@ -177,7 +179,7 @@ def run_study(out, study, network, resume=False, overwrite=False, checkpoint_eve
         settings.check(network)
     # The loss network and the style's Gram matrices: they check the sizes before any file is written,
     # and measure both networks on the held-out digits at the end.
-    loss = feedforward.PerceptualLoss(network, feedforward.load_style(study.settings), study.settings)
+    loss = fast_train.PerceptualLoss(network, fast_train.load_style(study.settings), study.settings)
     if not resume:
         digits, study.source = load_digits(study.mnist, study.settings.image_size, study.digits + HELD_OUT)
         for path in previous:
@@ -187,10 +189,10 @@ def run_study(out, study, network, resume=False, overwrite=False, checkpoint_eve
         files.write_json(out / STUDY_FILE, dataclasses.asdict(study))
     for run, settings in runs.items():
         model = out / RUNS[run]
-        if resume and (model / feedforward.SAVED_MODEL).exists():
+        if resume and (model / fast_train.SAVED_MODEL).exists():
             continue  # finished and exported
-        result = feedforward.train(
-            settings, model, network, resume=resume and (model / feedforward.SETTINGS_FILE).exists(),
+        result = fast_train.train(
+            settings, model, network, resume=resume and (model / fast_train.SETTINGS_FILE).exists(),
             checkpoint_every=checkpoint_every, preview_every=preview_every, print_every=print_every,
             stop=stop, report=lambda line, keep, run=run: report(f"{run} {line}", keep))
         if result.status != "done":
@@ -221,14 +223,14 @@ def _write_results(out, study, loss):
     held = np.stack([images.load_image(path) for path in sorted((out / HELD_OUT_DIR).glob("*.png"))])
     stylized, held_out = {}, {}
     for run, folder in RUNS.items():
-        output = feedforward.restore_network(out / folder)(tf.constant(held))
+        output = fast_apply.restore_network(out / folder)(tf.constant(held))
         terms = loss.terms(tf.constant(held), output)
         held_out[run] = {**{name: float(value) for name, value in terms.items()},
                          "total": float(loss.total(terms))}
         stylized[run] = output.numpy()
     labels = study.labels()
     save_comparison(out / COMPARISON, held, [stylized[run] for run in RUNS], [labels[run] for run in RUNS])
-    steps = {run: feedforward.read_losses(out / folder) for run, folder in RUNS.items()}
+    steps = {run: fast_train.read_losses(out / folder) for run, folder in RUNS.items()}
     numbers = {"data": study.source,
                "stage1_steps": study.stage1_steps, "stage2_steps": study.stage2_steps,
                "weights": loss.weights, "labels": labels, "held_out": held_out, "steps": steps}
@@ -251,24 +253,10 @@ GAP, LABEL_SIZE = 4, 14
 
 def save_comparison(path, inputs, rows, labels):
     """The inputs in the first row and each of `rows` (stylizations of them) below, each row labelled."""
-    from PIL import Image, ImageDraw, ImageFont
-
     scale = -(-TILE // inputs.shape[1])  # ceil
-    font = ImageFont.load_default(LABEL_SIZE)
-    names = ["input (held out)", *labels]
-    margin = GAP + int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(name, font) for name in names))
-    tile = inputs.shape[1] * scale
-    height, width = len(names) * (tile + GAP) + GAP, margin + GAP + len(inputs) * (tile + GAP)
-    sheet = np.full((height, width, 3), 255.0, np.float32)
-    for r, row in enumerate([inputs, *rows]):
-        for c, image in enumerate(row):
-            top, left = GAP + r * (tile + GAP), margin + GAP + c * (tile + GAP)
-            sheet[top:top + tile, left:left + tile] = np.kron(image, np.ones((scale, scale, 1)))
-    picture = Image.fromarray(np.clip(np.round(sheet), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for r, name in enumerate(names):
-        draw.text((GAP, GAP + r * (tile + GAP) + tile // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
-    images.save_image(path, np.asarray(picture))
+    sheet = grids.compose([list(inputs), *map(list, rows)], ["input (held out)", *labels], gap=GAP,
+                          scale=scale, font_size=LABEL_SIZE)
+    images.save_image(path, sheet)
 
 
 def save_loss_plot(path, steps, weights, labels, boundary):

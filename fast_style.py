@@ -6,6 +6,8 @@ stylize images, folders and videos with one forward pass each.
     python fast_style.py export --model out/
     python fast_style.py train ... --encoder vgg:relu3_1 --stage1-steps N --stage2-steps M
     python fast_style.py study-digits --style painting.jpg --out study/
+
+This is the command line; fast_train.py trains, fast_apply.py uses a trained network.
 """
 import argparse
 import os
@@ -15,8 +17,7 @@ from pathlib import Path
 import cli
 import progress
 from errors import UserError
-from presets import parse_layers
-from vgg import PRECISIONS
+from presets import PRECISIONS, parse_layers
 
 # The options that define a training: --resume takes them from the model folder.
 DEFINING = ("style", "data", "network", "variant", "widths", "content_layers", "style_layers",
@@ -152,10 +153,10 @@ def given_settings(args, names):
 
 def settings_from(args):
     """The training's Settings: the model folder's with --resume, else the options given."""
-    import feedforward
+    import fast_train
     given = given_settings(args, DEFINING)
     if args.resume:
-        settings = feedforward.load_settings(args.model)
+        settings = fast_train.load_settings(args.model)
         for name, value in given.items():
             if value != getattr(settings, name):
                 option = "--" + name.replace("_", "-")
@@ -171,7 +172,7 @@ def settings_from(args):
             given["network"] = str(vgg.ensure_default().resolve())
         if "stage1_steps" in given or "stage2_steps" in given:  # one stage given: the other is 0 steps
             given = {"stage1_steps": 0, "stage2_steps": 0, **given}
-        settings = feedforward.Settings(**given)
+        settings = fast_train.Settings(**given)
     if args.epochs is not None:
         if settings.stage1_steps is not None:
             raise UserError(f"--stage1-steps {settings.stage1_steps} and --stage2-steps "
@@ -190,7 +191,7 @@ def parse_widths(text):
 
 
 def run_train(args):
-    import feedforward
+    import fast_train
     import vgg
     settings = settings_from(args)
     network = vgg.load(settings.network)
@@ -199,7 +200,7 @@ def run_train(args):
     line = progress.LiveLine()
     with progress.graceful_interrupt() as stop_request:
         try:
-            result = feedforward.train(settings, args.model, network, resume=args.resume,
+            result = fast_train.train(settings, args.model, network, resume=args.resume,
                                        overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                                        preview_every=args.preview_every,
                                        print_every=args.print_every, devices=devices,
@@ -208,7 +209,7 @@ def run_train(args):
             line.close()
     if result.unreadable:
         print(f"skipped {result.unreadable} unreadable image files in {settings.data}", file=sys.stderr)
-    checkpoints = args.model / feedforward.CHECKPOINTS
+    checkpoints = args.model / fast_train.CHECKPOINTS
     if result.status == "diverged":
         print(f"error: the loss stopped being finite at step {result.step + 1}; the last checkpoint in "
               f"{checkpoints} is kept. Lower --learning-rate or the loss weights.", file=sys.stderr)
@@ -219,21 +220,21 @@ def run_train(args):
               f"{args.model}`", file=sys.stderr)
         return 130
     if result.exported:
-        print(f"trained {result.step} steps; exported {args.model / feedforward.SAVED_MODEL} and "
-              f"{args.model / feedforward.TFLITE_FILE}")
+        print(f"trained {result.step} steps; exported {args.model / fast_train.SAVED_MODEL} and "
+              f"{args.model / fast_train.TFLITE_FILE}")
     else:
         print(f"trained {result.step} steps; worker 0 writes {args.model}")
     return 0
 
 
 def run_stylize(args):
-    import feedforward
+    import fast_apply
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive number, not {args.batch_size}")
     source, output = args.input, args.output
     if not source.exists():
         raise UserError(f"input {source} does not exist")
-    is_video = source.is_file() and source.suffix.lower() in feedforward.VIDEO_EXTENSIONS
+    is_video = source.is_file() and source.suffix.lower() in fast_apply.VIDEO_EXTENSIONS
     if output.exists() and source.exists() and os.path.samefile(source, output):
         raise UserError(f"--output {output} is the input; the result would replace it, so choose "
                         f"another name (even with --overwrite)")
@@ -243,11 +244,11 @@ def run_stylize(args):
     elif not is_video:
         import images
         images.check_writable(output, args.overwrite)
-    stylizer = feedforward.Stylizer(args.model, args.precision)
+    stylizer = fast_apply.Stylizer(args.model, args.precision)
     line = progress.LiveLine()
     try:
         if source.is_dir():
-            written, skipped = feedforward.stylize_folder(
+            written, skipped = fast_apply.stylize_folder(
                 stylizer, source, output, args.batch_size, args.overwrite, args.preserve_colors, line.show)
             line.close()
             for reason in skipped:
@@ -255,9 +256,9 @@ def run_stylize(args):
             print(f"stylized {written} images into {output}")
         elif is_video:
             try:
-                count, written = feedforward.stylize_video(stylizer, source, output, args.batch_size,
-                                                           args.overwrite, args.preserve_colors, line.show)
-            except feedforward.TruncatedVideo as short:
+                count, written = fast_apply.stylize_video(stylizer, source, output, args.batch_size,
+                                                          args.overwrite, args.preserve_colors, line.show)
+            except fast_apply.TruncatedVideo as short:
                 line.close()
                 print(f"warning: {source} ended after {short.count} of the {short.expected} frames its "
                       f"header promises (a truncated file?); {short.path} holds those {short.count}",
@@ -268,7 +269,7 @@ def run_stylize(args):
                 return 1  # the warning said where the video went
             print(f"stylized {count} frames into {output}")
         else:
-            saved, failure = feedforward.stylize_image(stylizer, source, output, args.overwrite,
+            saved, failure = fast_apply.stylize_image(stylizer, source, output, args.overwrite,
                                                        args.preserve_colors)
             if failure is not None:
                 return 1  # the warning said where the image went
@@ -283,7 +284,7 @@ def run_stylize(args):
 
 def run_study(args):
     import digits
-    import feedforward
+    import fast_train
     import vgg
     given = given_settings(args, STUDY_DEFINING)
     if args.resume:
@@ -299,7 +300,7 @@ def run_study(args):
         values = {**STUDY_DEFAULTS, **given}
         stages = values.pop("stage1_steps"), values.pop("stage2_steps")
         mnist, count = values.pop("mnist", None), values.pop("digits", digits.DEFAULT_DIGITS)
-        settings = feedforward.Settings(data=str((args.out / digits.DATA).resolve()), **values)
+        settings = fast_train.Settings(data=str((args.out / digits.DATA).resolve()), **values)
         study = digits.Study(settings, *stages, mnist=mnist, digits=count)
     network = vgg.load(study.settings.network)
     study.settings = study.settings.with_defaults(network)
@@ -328,8 +329,8 @@ def run_study(args):
 
 
 def run_export(args):
-    import feedforward
-    saved, tflite = feedforward.export(args.model)
+    import fast_apply
+    saved, tflite = fast_apply.export(args.model)
     print(f"exported {saved} and {tflite}")
     return 0
 

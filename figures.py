@@ -21,15 +21,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 import cli
 import files
+import grids
 import images
 import progress
 import vgg
 from errors import UserError
-from presets import balance_value, settings_for_preset
+from presets import OPTIMIZERS, balance_value, settings_for_preset
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 PAPER_NAMES = {name: name.replace("relu", "conv") for name in STYLE_LAYERS}  # the paper's labels
@@ -49,7 +49,7 @@ def parse_args(argv):
     common.add_argument("--iterations", type=cli.positive_int, default=500, help="L-BFGS evaluations per tile (500)")
     common.add_argument("--max-size", type=cli.positive_int, default=512, help="long side of every tile (512)")
     common.add_argument("--out", type=Path, required=True, help="folder for the grid, the tiles and the settings")
-    common.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    common.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs")
     common.add_argument("--normalize-network", action=argparse.BooleanOptionalAction, default=True,
                         help="the paper's rescaled network (default on)")
     common.add_argument("--seed", type=cli.seed, default=0, help="seed of the white-noise starting image")
@@ -242,7 +242,7 @@ def render(args, network, content, style_images, tiles, grid):
     rows = [[content] + [results[t.name] for t in row] if grid.columns[0] == "content"
             else [results[t.name] for t in row] for row in tiles]
     insets = style_images if grid.insets else None
-    figure = compose(rows, grid.rows, grid.columns, insets)
+    figure = grids.compose(rows, grid.rows, grid.columns, insets)
     out, failure = images.save_result(args.out / f"{args.figure}.png", figure, what="figure")
     files.write_json(args.out / f"{args.figure}.json", {"figure": args.figure, "tiles": records})
     if failure is not None:
@@ -267,48 +267,6 @@ def _finished_tile(path):
         print(f"note: {error}; making the tile again", file=sys.stderr)
         files.remove(path)
         return None
-
-
-def compose(rows, row_labels, column_labels, insets=None, gap=6):
-    """A labelled grid of equally sized images (column titles above, row titles at the left)."""
-    height, width = rows[0][0].shape[:2]
-    size = max(12, width // 20)
-    font = _font(size)
-    label_width = max((_text_width(font, label) for label in row_labels), default=0)
-    label_width = label_width + 2 * gap if label_width else 0
-    column = max([width] + [_text_width(font, label) + gap for label in column_labels])
-    title_height = size + 2 * gap
-    canvas = Image.new("RGB", (label_width + len(column_labels) * (column + gap) + gap,
-                               title_height + len(rows) * (height + gap) + gap), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, label in enumerate(column_labels):
-        x = label_width + gap + c * (column + gap)
-        draw.text((x + (column - _text_width(font, label)) // 2, gap), label, fill="black", font=font)
-    for r, row in enumerate(rows):
-        y = title_height + r * (height + gap)
-        draw.text((gap, y + height // 2 - size // 2), row_labels[r], fill="black", font=font)
-        for c, image in enumerate(row):
-            tile = Image.fromarray(np.clip(np.round(images.resize(image, height, width)), 0, 255).astype(np.uint8))
-            style_index = c - (len(row) - len(insets)) if insets else -1
-            if style_index >= 0:  # the style image in the lower left corner, as in the paper
-                inset = insets[style_index]
-                scale = (height // 4) / inset.shape[0]
-                small = images.resize(inset, height // 4, max(1, round(inset.shape[1] * scale)))
-                tile.paste(Image.fromarray(np.round(small).astype(np.uint8)), (0, height - small.shape[0]))
-            canvas.paste(tile, (label_width + gap + c * (column + gap) + (column - width) // 2, y))
-    return np.asarray(canvas, dtype=np.float32)
-
-
-def _font(size):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow before 10.1: a fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _text_width(font, text):
-    left, _, right, _ = font.getbbox(text)
-    return right - left
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import files
 from errors import UserError
 from quiet_tf import tf
 
+# What the readers take (a folder's images are the files with these), and the formats written.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 WRITABLE = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
@@ -55,6 +57,18 @@ def load_image(path, what="image"):
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise UserError(f"{what} {path} is empty ({image.shape[1]}x{image.shape[0]} px)")
     return image
+
+
+def find_images(folder, what="data folder"):
+    """Every image file under `folder` (recursive, sorted); a UserError when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder} {'is a file' if folder.exists() else 'does not exist'}; "
+                        f"give a folder of images")
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not found:
+        raise UserError(f"{what} {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return found
 
 
 def _caused_by(error, kind):

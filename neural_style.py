@@ -21,14 +21,17 @@ import numpy as np
 
 import cli
 import files
-import images
 import progress
-import vgg
 from errors import UserError
-from presets import IMAGE_SIZING, PRESETS, balance_value, parse_layers, parse_scales, settings_for_preset
-from stylize import check_inputs, stylize
+from presets import (COLOR_CONTROLS, IMAGE_SIZING, INITS, OPTIMIZERS, POOLINGS, PRECISIONS, PRESETS,
+                     balance_value, parse_layers, parse_scales, settings_for_preset)
 
 def parse_args(argv):
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
+    """The command line's options; studio.py builds its runs with the same parser."""
     parser = cli.ArgumentParser(
         prog="neural_style.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0],
@@ -37,7 +40,7 @@ def parse_args(argv):
     io.add_argument("--content", required=True, type=Path, help="the photo to render")
     io.add_argument("--style", required=True, type=Path, nargs="+", help="one or more style images")
     io.add_argument("--output", required=True, type=Path, help="where to write the result (.png, .jpg)")
-    io.add_argument("--overwrite", action="store_true", help="replace --output (and --progress-file) if it exists")
+    io.add_argument("--overwrite", action="store_true", help="replace --output (and --progress-file, the loss plot) if it exists")
     io.add_argument("--max-size", type=cli.positive_int, help="long side of the output in px; a larger content image "
                     "is scaled down (default 512)")
     io.add_argument("--style-scale", type=cli.positive_float, default=1.0, help="style image long side relative to "
@@ -46,7 +49,7 @@ def parse_args(argv):
                     help="one weight per style image (normalised to sum 1; default equal)")
     io.add_argument("--preserve-colors", action="store_true",
                     help="luminance-only transfer: keep the content's colours (= --color-control luminance)")
-    io.add_argument("--color-control", choices=("none", "luminance", "histogram"),
+    io.add_argument("--color-control", choices=COLOR_CONTROLS,
                     help="Gatys et al. 2017: luminance-only transfer, or match the style's colour "
                     "histogram (mean and covariance) to the content's first")
     io.add_argument("--style-mask", type=Path, nargs="+", help="one grayscale image per style: each style "
@@ -74,7 +77,7 @@ def parse_args(argv):
     loss.add_argument("--content-weight", type=cli.nonnegative_float, help="alpha")
     loss.add_argument("--style-weight", type=cli.nonnegative_float, help="beta")
     loss.add_argument("--tv-weight", type=cli.nonnegative_float, help="total variation weight")
-    loss.add_argument("--pooling", choices=("avg", "max"), help="replace max pooling by average pooling")
+    loss.add_argument("--pooling", choices=POOLINGS, help="replace max pooling by average pooling")
     loss.add_argument("--loss-units", choices=("printed", "authors", "keras", "tf-tutorial"),
                       help="whose loss formulas: the paper's printed sums (writeup, fast), the authors' "
                       "means, in which alpha/beta means the same at every size (gatys2016), the Keras "
@@ -82,7 +85,7 @@ def parse_args(argv):
     loss.add_argument("--balance", type=balance_value, help="auto: rescale beta so that alpha/beta "
                       "balances the gradients as on the paper's network (fast); off; or the factor")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--optimizer", choices=("adam", "lbfgs"))
+    opt.add_argument("--optimizer", choices=OPTIMIZERS)
     opt.add_argument("--iterations", type=cli.positive_int, help="Adam steps, or L-BFGS loss evaluations")
     opt.add_argument("--learning-rate", type=cli.positive_float, help="Adam's step size")
     opt.add_argument("--adam-beta1", type=float, help="Adam's beta1, at least 0 and below 1 (default 0.9; "
@@ -94,14 +97,14 @@ def parse_args(argv):
     opt.add_argument("--clip-image", action=argparse.BooleanOptionalAction,
                      help="keep the image in 0..255 while optimising (default on; off in keras, whose "
                      "L-BFGS was unbounded)")
-    opt.add_argument("--init", choices=("blend", "noise", "content", "style", "image"),
+    opt.add_argument("--init", choices=INITS,
                      help="blend: noise mixed with the content (write-up); noise: white noise")
     opt.add_argument("--init-image", type=Path, help="start from this image (implies --init image)")
     opt.add_argument("--noise-ratio", type=float, help="share of noise in the blend init (0..1)")
     opt.add_argument("--seed", type=cli.seed, help="random seed, for repeatable runs")
     opt.add_argument("--scales", help="coarse to fine: fractions of the output size, each optionally "
                      "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
-    opt.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"),
+    opt.add_argument("--precision", choices=PRECISIONS,
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
                      "with native bfloat16, float16 on a GPU, else float32")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
@@ -109,10 +112,14 @@ def parse_args(argv):
                      "they would not fit)")
     out = parser.add_argument_group("progress")
     out.add_argument("--print-every", type=cli.positive_int, default=100, help="keep a progress line every N iterations")
-    out.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=0,
+    out.add_argument("--snapshot-every", type=cli.nonnegative_int, default=0,
                      help="also save the image every N iterations as OUTPUT_00100.png, ...")
+    out.add_argument("--checkpoint-every", dest="snapshot_every", type=int, default=0,
+                     help=argparse.SUPPRESS)  # its old name; fast_style.py's checkpoints are TF's
     out.add_argument("--progress-file", type=Path, help="write one JSON line of losses per iteration")
-    return parser.parse_args(argv)
+    out.add_argument("--progress-plot", action="store_true", help="draw the loss terms per iteration "
+                     "(log scale) as OUTPUT.losses.png, refreshed every --print-every iterations")
+    return parser
 
 
 def settings_from(args):
@@ -149,11 +156,17 @@ def settings_from(args):
     return settings, max_size
 
 
+def plot_path(output):
+    """Where --progress-plot draws: result.png -> result.losses.png."""
+    return output.with_name(f"{output.stem}.losses.png")
+
+
 def load_inputs(args, max_size):
     """The content and style images at the size the preset's source used: the content's long side
     capped at `max_size`; for keras, 400 px high and the style stretched to the content's size (both
     nearest neighbour, as its load_img(target_size) did); with --writeup-exact the content as it is
     (stylize stretches the styles to it)."""
+    import images
     preset = PRESETS[args.preset]
     content = images.load_image(args.content, "content image")
     styles = [images.load_image(path, "style image") for path in args.style]
@@ -171,8 +184,8 @@ def load_inputs(args, max_size):
 
 
 class Monitor:
-    """Shows progress, writes the progress file and the checkpoints, and relays a stop request.
-    A progress file or checkpoint that cannot be written is a warning: the run goes on."""
+    """Shows progress, writes the progress file, the snapshots and the loss plot, and relays a stop
+    request."""
 
     def __init__(self, args, settings, stop_request):
         self.args, self.settings, self.stop_request = args, settings, stop_request
@@ -185,8 +198,20 @@ class Monitor:
                 self._warn(f"the progress file {args.progress_file} cannot be opened "
                            f"({files.describe(error)}); the run goes on without it")
         self.start = None
+        self.losses = {}  # iteration: (content, style, tv, total), for --progress-plot
+
+    def plot(self):
+        if not self.args.progress_plot or not self.losses:
+            return
+        import plots
+        iterations = sorted(self.losses)
+        columns = zip(*(self.losses[i] for i in iterations))
+        plots.try_save_loss_plot(plot_path(self.args.output), iterations,
+                                 dict(zip(("content", "style", "tv", "total"), columns)),
+                                 f"{self.args.output.name}: the terms before their weights, and the total")
 
     def __call__(self, state):
+        import images  # loaded by run() already; here for the snapshots
         if self.start is None:
             self.start = time.perf_counter() - state.seconds
         if self.log:
@@ -196,14 +221,14 @@ class Monitor:
                 self._warn(f"writing the progress file {self.args.progress_file} failed "
                            f"({files.describe(error)}); it stops here and the run goes on")
                 self._close_log()
-        every = self.args.checkpoint_every
+        every = self.args.snapshot_every
         if every and state.iteration and state.iteration % every == 0:
             output = self.args.output
             path = output.with_name(f"{output.stem}_{state.iteration:05d}{output.suffix}")
             try:
                 images.save_image(path, state.image(), overwrite=self.args.overwrite)
             except OSError as error:
-                self._warn(f"checkpoint {path} could not be written ({files.describe(error)}); the "
+                self._warn(f"snapshot {path} could not be written ({files.describe(error)}); the "
                            f"run goes on")
         if self.settings.writeup_exact and state.iteration % 100 == 1:
             # The write-up saved a JPEG after the step of loop index i whenever i % 100 == 0.
@@ -220,6 +245,9 @@ class Monitor:
                 f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
         self.line.show(text, keep=keep)
+        self.losses[state.iteration] = (state.content_loss, state.style_loss, state.tv_loss, state.total_loss)
+        if keep:
+            self.plot()
         return not self.stop_request.should_stop()  # stopping: a second Ctrl-C must not cut the save
 
     def _warn(self, text):
@@ -234,6 +262,7 @@ class Monitor:
         self.log = None
 
     def close(self):
+        self.plot()  # the last iterations, also of an interrupted run
         self.line.close()
         if self.log:
             self._close_log()
@@ -242,7 +271,10 @@ class Monitor:
 def check_paths(args):
     """The output names before the long work: free (or --overwrite), writable, and never one of
     the inputs (--overwrite would otherwise replace the user's photo with the result)."""
+    import images
     images.check_writable(args.output, args.overwrite)
+    if args.progress_plot:
+        files.check_new(plot_path(args.output), args.overwrite, "loss plot")
     if args.progress_file:
         if args.progress_file.is_dir():
             raise UserError(f"progress file {args.progress_file} is a folder; give a file name")
@@ -256,6 +288,9 @@ def check_paths(args):
 
 
 def run(args):
+    import images  # these import TensorFlow and SciPy: after argparse, so that --help is quick
+    import vgg
+    from stylize import check_inputs, stylize
     settings, max_size = settings_from(args)
     check_paths(args)
     if args.progress_file and args.progress_file.with_suffix(".json").resolve() == \

@@ -11,6 +11,13 @@ import math
 
 from errors import UserError
 
+# The choices of the options, stated once for argparse and for the checks of the code that runs them.
+INITS = ("blend", "noise", "content", "style", "image")
+COLOR_CONTROLS = ("none", "luminance", "histogram")
+OPTIMIZERS = ("adam", "lbfgs")
+POOLINGS = ("avg", "max")
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")
+
 
 def parse_layers(spec, option, style):
     """'relu1_1:0.5,relu2_1' -> {'relu1_1': 0.5, 'relu2_1': ...}; an omitted weight is 1 for content

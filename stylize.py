@@ -18,14 +18,12 @@ import files
 import images
 import losses
 import presets
+from presets import COLOR_CONTROLS, INITS, OPTIMIZERS
 import vgg
 from errors import UserError
 from quiet_tf import tf
 from vgg import VGG, resolve_precision
 
-INITS = ("blend", "noise", "content", "style", "image")
-COLOR_CONTROLS = ("none", "luminance", "histogram")
-OPTIMIZERS = ("adam", "lbfgs")
 LOSS_UNITS = tuple(losses.UNITS)
 BALANCES = ("auto", "off")  # or a positive number: the factor itself
 
@@ -669,9 +667,5 @@ def _check_masks(masks, style_count):
 
 
 def _check_size(what, image, vgg):
-    height, width = image.shape[:2]
-    if min(height, width) < vgg.min_size:
-        deepest = vgg.layers[-1].name
-        raise UserError(f"the {what} is {width}x{height} px at the size it is used, but layer {deepest} "
-                        f"needs at least {vgg.min_size} px on each side: use a larger image, a larger "
-                        f"--max-size or --style-scale, or shallower layers")
+    vgg.check_size(what, *image.shape[:2], "use a larger image, a larger --max-size or --style-scale, "
+                   "or shallower layers")

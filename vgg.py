@@ -15,12 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 import cli
 import download
 import files
 from errors import UserError
+from presets import POOLINGS, PRECISIONS
 from quiet_tf import tf
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -202,6 +202,7 @@ def load(path):
 def _parse(path):
     try:
         _check_header(path)
+        import scipy.io  # a second of imports, which `--help` need not wait for
         data = scipy.io.loadmat(str(path))
     except UserError:
         raise
@@ -418,7 +419,6 @@ def _write_scales(cache, key, scales):
 # ---------------------------------------------------------------------------------------------
 # The graph
 
-PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 
 
 def resolve_precision(precision):
@@ -455,7 +455,7 @@ class VGG:
     """
 
     def __init__(self, network, outputs, pooling="avg", dtype="float32", recompute=False, weights=None):
-        if pooling not in ("avg", "max"):
+        if pooling not in POOLINGS:
             raise UserError(f"pooling must be 'avg' or 'max', not '{pooling}'")
         self.network = network
         self.outputs = tuple(dict.fromkeys(outputs))
@@ -477,6 +477,13 @@ class VGG:
             if layer.type == "pool" or layer is self.layers[-1]:
                 self._blocks.append(tuple(block))
                 block = []
+
+    def check_size(self, what, height, width, advice):
+        """The one "image too small for the deepest layer" check: a UserError saying what to do."""
+        if min(height, width) < self.min_size:
+            raise UserError(f"the {what} is {width}x{height} px at the size it is used, but layer "
+                            f"{self.layers[-1].name} needs at least {self.min_size} px on each side: "
+                            f"{advice}")
 
     def __call__(self, images):
         x = tf.cast(images - self._mean, self.dtype)
@@ -588,6 +595,7 @@ def write_random(path, blocks=VGG19_BLOCKS, widths=VGG_WIDTHS, classifier=(4096,
         image = np.broadcast_to(mean, (8, 8, 3)) + rng.uniform(-1, 1, (8, 8, 3)).astype(np.float32)
         image -= image.mean(axis=(0, 1)) - mean  # the spatial mean is exactly the mean pixel
         top = {"layers": cells, "normalization": {"averageImage": image.astype(np.float32)}}
+    import scipy.io
     scipy.io.savemat(str(path), top, do_compression=False)
     return Path(path)
 

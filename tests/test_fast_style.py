@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import fast_style
-import feedforward
+import fast_apply
+import fast_train
 import images
 import transformer
 import vgg
@@ -61,7 +62,7 @@ def trained(inputs, tiny16, tmp_path_factory):
 def no_export(monkeypatch):
     """Training without the final export (SavedModel and TFLite), for tests that only look at the
     checkpoints: the conversion takes seconds."""
-    monkeypatch.setattr(feedforward, "export", lambda model_dir: None)
+    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
 
 
 def checkpoint_values(model):
@@ -71,45 +72,12 @@ def checkpoint_values(model):
             if name.startswith("network/")}
 
 
-# ---- the network --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("variant", ["improved", "paper"])
-def test_network_keeps_any_size_and_outputs_0_to_255(variant):
-    net = transformer.TransformNet((4, 4, 4), variant)
-    for shape in [(1, 5, 5, 3), (2, 7, 9, 3), (1, 33, 20, 3)]:
-        out = net(tf.random.uniform(shape, 0, 255, seed=1)).numpy()
-        assert out.shape == shape
-        assert out.min() >= 0 and out.max() <= 255
-
-
-def test_instance_norm_stylizes_each_image_on_its_own():
-    net = transformer.TransformNet((4, 4, 4))
-    batch = tf.random.uniform([3, 16, 20, 3], 0, 255, seed=2)
-    alone = net(batch[1:2]).numpy()
-    np.testing.assert_allclose(net(batch).numpy()[1:2], alone, atol=1e-3)
-
-
-def test_fast_layers_compute_the_textbook_operations():
-    """ResizeConv = nearest x2, reflection pad, 3x3 conv; SpaceToDepthConv = reflection pad, 9x9 conv."""
-    rng = np.random.default_rng(0)
-    for height, width in [(6, 8), (5, 7)]:
-        x = tf.constant(rng.uniform(-1, 1, (2, height, width, 4)).astype(np.float32))
-        up = transformer.ResizeConv(4, 5, rng, "REFLECT")
-        up.bias.assign(rng.uniform(-1, 1, 5).astype(np.float32))
-        upsampled = tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)
-        big = tf.pad(upsampled, [[0, 0], [1, 1], [1, 1], [0, 0]], "REFLECT")
-        expected = tf.nn.conv2d(big, up.kernel, 1, "VALID") + up.bias
-        np.testing.assert_allclose(up(x, [2 * height, 2 * width]), expected, atol=1e-5)
-        out = transformer.SpaceToDepthConv(4, 3, 9, rng)
-        out.bias.assign(rng.uniform(-1, 1, 3).astype(np.float32))
-        padded = tf.pad(x, [[0, 0], [4, 4], [4, 4], [0, 0]], "REFLECT")
-        np.testing.assert_allclose(out(x), tf.nn.conv2d(padded, out.kernel, 1, "VALID") + out.bias, atol=1e-5)
-
+# ---- the recipe ---------------------------------------------------------------------------------
 
 def test_default_recipe_follows_the_network(tiny16, tiny_network):
     """VGG16: the paper's layers with jcjohnson's weights; VGG19: lengstrom's. Style layers are
     weighted 1/C^2 (the tiny networks have 4 and 8 channels where VGG has 64 ... 512)."""
-    settings = feedforward.Settings(style="s", data="d", network="n")
+    settings = fast_train.Settings(style="s", data="d", network="n")
     paper = settings.with_defaults(vgg.load(tiny16))
     assert paper.content_layers == {"relu2_2": 1.0}
     assert paper.style_layers == {"relu1_2": 1 / 16, "relu2_2": 1 / 16, "relu3_3": 1 / 64, "relu4_3": 1 / 64}
@@ -119,7 +87,7 @@ def test_default_recipe_follows_the_network(tiny16, tiny_network):
     assert list(lengstrom.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     assert (lengstrom.content_weight, lengstrom.style_weight, lengstrom.tv_weight) == (7.5, 100, 200)
     assert paper.style_size == paper.image_size == 256
-    mine = feedforward.Settings(style="s", data="d", network="n", style_weight=0.0, image_size=128)
+    mine = fast_train.Settings(style="s", data="d", network="n", style_weight=0.0, image_size=128)
     mine = mine.with_defaults(tiny_network)
     assert mine.style_weight == 0 and mine.style_size == 128
 
@@ -128,9 +96,9 @@ def test_default_recipe_follows_the_network(tiny16, tiny_network):
 
 def test_a_few_steps_reduce_the_loss(tiny16):
     network = vgg.load(tiny16)
-    settings = feedforward.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8),
+    settings = fast_train.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8),
                                     image_size=32).with_defaults(network)
-    training = feedforward.Training(network, stripes_image(32, 32), settings, tf.distribute.get_strategy())
+    training = fast_train.Training(network, stripes_image(32, 32), settings, tf.distribute.get_strategy())
     crops = np.stack([smooth_image(32, 32, seed=i) for i in range(2)])
     batch = (tf.constant(crops), tf.constant([0, 1], tf.int64))
     losses = [float(training.train_step(batch)[1]) for _ in range(5)]
@@ -146,6 +114,12 @@ def test_training_writes_checkpoints_previews_and_the_export(trained, inputs):
     preview = images.load_image(trained / "previews" / "step_000002.jpg")
     assert preview.shape == (64, 3 * 32, 3)  # three fixed images above their stylizations
     assert (trained / "saved_model" / "saved_model.pb").is_file() and (trained / "model.tflite").is_file()
+
+
+def test_training_draws_its_losses(trained):
+    from PIL import Image
+    with Image.open(trained / fast_train.LOSS_PLOT) as picture:
+        assert picture.format == "PNG"
 
 
 def test_a_resumed_training_continues_where_it_stopped(trained, inputs, tiny16, tmp_path, capsys, no_export):
@@ -168,6 +142,7 @@ def test_a_model_folder_holds_one_training(trained, inputs, tiny16, capsys):
     assert "--image-size 32, not 64" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_to_resume_from(inputs, tiny16, tmp_path):
     model = tmp_path / "model"
     process = subprocess.Popen(
@@ -187,6 +162,7 @@ def test_ctrl_c_saves_a_checkpoint_to_resume_from(inputs, tiny16, tmp_path):
     assert step >= 2 and f"step {step} is saved" in err
 
 
+@pytest.mark.slow
 def test_two_devices_train_as_one(trained, inputs, tiny16, tmp_path):
     """MirroredStrategy over two logical CPUs computes the same steps as one device."""
     script = f"""
@@ -195,8 +171,8 @@ sys.path.insert(0, {str(ROOT)!r})
 from quiet_tf import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import fast_style, feedforward
-feedforward.export = lambda model_dir: None  # the test compares checkpoints
+import fast_style, fast_apply
+fast_apply.export = lambda model_dir: None  # the test compares checkpoints
 args = {[str(a) for a in train_args(inputs, tiny16, tmp_path / "two", 2, "--devices", "/cpu:0,/cpu:1")]!r}
 sys.exit(fast_style.main(args))
 """
@@ -205,7 +181,7 @@ sys.exit(fast_style.main(args))
     assert result.returncode == 0, result.stderr
     one = transformer.TransformNet((8, 8, 8))
     tf.train.Checkpoint(network=one).restore(str(trained / "checkpoints" / "ckpt-2")).expect_partial()
-    two = feedforward.restore_network(tmp_path / "two")
+    two = fast_apply.restore_network(tmp_path / "two")
     # Compared by their stylizations: the biases before a normalisation get gradients of rounding
     # noise, which Adam's first steps turn into +-learning rate either way; they change no output.
     image = tf.constant(smooth_image(40, 40, seed=4)[np.newaxis])
@@ -217,7 +193,7 @@ sys.exit(fast_style.main(args))
 
 def test_export_round_trips_to_the_same_output(trained):
     image = smooth_image(24, 36, seed=3)[np.newaxis]
-    net = feedforward.restore_network(trained)
+    net = fast_apply.restore_network(trained)
     expected = net(tf.constant(image)).numpy()
     served = tf.saved_model.load(str(trained / "saved_model")).signatures["serving_default"]
     np.testing.assert_allclose(served(images=tf.constant(image))["stylized"].numpy(), expected, atol=0.01)
@@ -308,7 +284,7 @@ def test_stylize_in_bfloat16_rebuilds_the_network_from_its_checkpoint(trained, t
         outputs[precision] = tmp_path / f"{precision}.png"
         assert cli("stylize", "--model", trained, "--input", photo, "--output", outputs[precision],
                    "--precision", precision) == 0
-    assert feedforward.Stylizer(trained, "bfloat16").precision == "bfloat16"
+    assert fast_apply.Stylizer(trained, "bfloat16").precision == "bfloat16"
     exported, reduced = (images.load_image(outputs[p]) for p in ("float32", "bfloat16"))
     difference = np.abs(exported - reduced)
     assert 0 < difference.max() and difference.mean() < 3.0  # rounding, not another network
@@ -316,8 +292,8 @@ def test_stylize_in_bfloat16_rebuilds_the_network_from_its_checkpoint(trained, t
 
 def test_a_bare_saved_model_runs_in_float32_only(trained, tmp_path, capsys):
     bare = tmp_path / "bare"
-    shutil.copytree(Path(trained) / feedforward.SAVED_MODEL, bare)
-    assert feedforward.Stylizer(bare, "auto").precision == "float32"
+    shutil.copytree(Path(trained) / fast_train.SAVED_MODEL, bare)
+    assert fast_apply.Stylizer(bare, "auto").precision == "float32"
     photo = images.save_image(tmp_path / "photo.png", smooth_image(40, 52))
     assert cli("stylize", "--model", bare, "--input", photo, "--output", tmp_path / "out.png",
                "--precision", "bfloat16") == 1
@@ -325,7 +301,7 @@ def test_a_bare_saved_model_runs_in_float32_only(trained, tmp_path, capsys):
 
 
 def test_an_image_too_large_for_memory_is_stylized_smaller(trained, monkeypatch):
-    stylizer = feedforward.Stylizer(trained)
+    stylizer = fast_apply.Stylizer(trained)
     run = stylizer.run
 
     def limited(images):

@@ -24,7 +24,8 @@ import scipy.io
 from PIL import Image
 
 import fast_style
-import feedforward
+import fast_apply
+import fast_train
 import figures
 import files
 import images
@@ -398,7 +399,7 @@ def video_rename_fails(monkeypatch, places):
         if Path(target).name == "out.mp4":
             raise OSError(errno.EACCES, "Permission denied")
         return real(source, target)
-    monkeypatch.setattr(feedforward.os, "replace", replace)
+    monkeypatch.setattr(fast_apply.os, "replace", replace)
 
 
 def stylize_row(*argv, **kwargs):
@@ -445,10 +446,10 @@ def test_fast_style(row, fast_places, monkeypatch, capsys):
 
 def test_resume_passes_over_a_damaged_checkpoint(fast_places, tiny16, capsys, monkeypatch):
     damaged_latest_checkpoint(monkeypatch, fast_places)
-    monkeypatch.setattr(feedforward, "export", lambda model_dir: None)
+    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
     assert fast_style.main(["train", "--model", str(fast_places["model"]), "--resume", "--steps", "3"]) == 0
     assert "using the earlier intact checkpoint" in capsys.readouterr().err
-    steps = [entry["step"] for entry in feedforward.read_losses(fast_places["model"])]
+    steps = [entry["step"] for entry in fast_train.read_losses(fast_places["model"])]
     assert steps == [1, 2, 3]  # step 2 computed again from checkpoint 1
 
 

@@ -9,57 +9,6 @@ import vgg
 from conftest import smooth_image, stripes_image
 from quiet_tf import tf
 
-PHOTOS = [smooth_image(32, 40, seed=s) for s in range(3)] + [stripes_image(36, 36)]
-RELUS = ["relu1_1", "relu2_2", "relu3_4", "relu5_4"]
-
-
-def channel_means(network, photos, names):
-    net = vgg.VGG(network, names)
-    sums = {n: 0.0 for n in names}
-    counts = {n: 0 for n in names}
-    for photo in photos:
-        for name, f in net(photo[np.newaxis]).items():
-            sums[name] = sums[name] + f.numpy().sum(axis=(0, 1, 2))
-            counts[name] += f.shape[1] * f.shape[2]
-    return {n: sums[n] / counts[n] for n in names}
-
-
-def test_normalised_network_has_mean_activation_one_per_channel(tiny_network):
-    normalised = vgg.normalize(tiny_network, PHOTOS, "test photos")
-    means = channel_means(normalised, PHOTOS, RELUS)
-    original = channel_means(tiny_network, PHOTOS, RELUS)
-    for name in RELUS:
-        alive = original[name] > 0
-        np.testing.assert_allclose(means[name][alive], 1.0, rtol=1e-3)
-        np.testing.assert_array_equal(means[name][~alive], 0.0)  # dead channels stay dead
-    assert "test photos" in normalised.normalization
-
-
-def test_normalised_network_computes_the_same_function_up_to_a_channel_scale(tiny_network):
-    normalised = vgg.normalize(tiny_network, PHOTOS, "test photos")
-    other = smooth_image(40, 48, seed=11)[np.newaxis]  # not in the normalising set
-    before = vgg.VGG(tiny_network, RELUS)(other)
-    after = vgg.VGG(normalised, RELUS)(other)
-    means = channel_means(tiny_network, PHOTOS, RELUS)
-    for name in RELUS:
-        scale = np.where(means[name] > 0, means[name], 1.0)
-        np.testing.assert_allclose(after[name].numpy() * scale, before[name].numpy(),
-                                   rtol=1e-3, atol=1e-3 * float(tf.reduce_max(before[name])))
-
-
-def test_normalisation_is_cached_by_checksum_photos_and_pooling(tiny_network, monkeypatch):
-    first = vgg.normalize(tiny_network, PHOTOS, "cache test", pooling="max")
-
-    def recompute(*args):
-        raise AssertionError("recomputed although cached")
-    monkeypatch.setattr(vgg, "_channel_means", recompute)
-    again = vgg.normalize(tiny_network, PHOTOS, "cache test", pooling="max")
-    for a, b in zip(first.layers, again.layers):
-        if a.kernel is not None:
-            np.testing.assert_array_equal(a.kernel, b.kernel)
-    with pytest.raises(AssertionError, match="recomputed"):
-        vgg.normalize(tiny_network, PHOTOS, "another photo set", pooling="max")
-
 
 def test_sample_photos_come_from_the_scikit_image_wheel():
     photos, description = images.sample_photos(long_side=64)

@@ -10,7 +10,8 @@ import pytest
 
 import digits
 import fast_style
-import feedforward
+import fast_apply
+import fast_train
 import images
 import progress
 import transformer
@@ -78,39 +79,19 @@ def stop_after(checks):
 
 @pytest.fixture
 def no_export(monkeypatch):
-    monkeypatch.setattr(feedforward, "export", lambda model_dir: None)
+    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
 
 
 # ---- the generator ------------------------------------------------------------------------------
-
-def test_the_encoder_is_the_loss_networks_first_layers(tiny16):
-    """Initialised, it computes what vgg.VGG computes at relu3_1 (mean pixel, padding, pooling)."""
-    network = vgg.load(tiny16)
-    net = transformer.TransformNet((8, 8, 8), encoder="vgg:relu3_1", network=network)
-    image = tf.constant(smooth_image(21, 18)[np.newaxis])
-    features, sizes = net.encoder(image)
-    expected = vgg.VGG(network, ["relu3_1"], pooling="max")(image)["relu3_1"]
-    np.testing.assert_allclose(features.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-    assert [list(size.numpy()) for size in sizes] == [[11, 9], [21, 18]]  # the decoder's targets
-    assert len(net.encoder_variables) == 10  # conv1_1 … conv3_1, kernels and biases
-    assert transformer.TransformNet((8, 8, 8)).encoder_variables == ()
-
-
-@pytest.mark.parametrize("layer", ["relu1_2", "relu2_1", "pool2", "relu3_1"])
-def test_the_output_has_the_inputs_size_after_any_usable_layer(tiny16, layer):
-    net = transformer.TransformNet((4, 6, 8), encoder=f"vgg:{layer}", network=vgg.load(tiny16))
-    for shape in [(1, 5, 5, 3), (2, 13, 10, 3)]:
-        out = net(tf.random.uniform(shape, 0, 255, seed=1)).numpy()
-        assert out.shape == shape and out.min() >= 0 and out.max() <= 255
 
 
 # ---- the stages ---------------------------------------------------------------------------------
 
 def test_stage_1_leaves_the_shared_layers_bit_identical_and_stage_2_trains_them(tiny16):
     network = vgg.load(tiny16)
-    settings = feedforward.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8), image_size=16,
+    settings = fast_train.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8), image_size=16,
                                     encoder="vgg:relu3_1", stage1_steps=2, stage2_steps=2)
-    training = feedforward.Training(network, stripes_image(16, 16), settings.with_defaults(network),
+    training = fast_train.Training(network, stripes_image(16, 16), settings.with_defaults(network),
                                     tf.distribute.get_strategy())
     batch = (tf.constant(np.stack([smooth_image(16, 16, seed=i) for i in range(2)])),
              tf.constant([0, 1], tf.int64))
@@ -158,7 +139,7 @@ def test_the_shared_layers_change_only_after_the_stage_boundary(straight, tiny16
     network = vgg.load(tiny16)
     for step, unchanged in ((2, True), (3, False), (4, False)):  # the manager keeps the last 3
         assert shared_unchanged(straight / "checkpoints" / f"ckpt-{step}", network) == [unchanged] * 10, step
-    losses = feedforward.read_losses(straight)
+    losses = fast_train.read_losses(straight)
     assert [entry["stage"] for entry in losses] == [1, 1, 2, 2]
     settings = json.loads((straight / "training.json").read_text())
     assert (settings["encoder"], settings["stage1_steps"], settings["stage2_steps"],
@@ -179,13 +160,13 @@ def test_a_training_resumed_across_the_stage_boundary_equals_an_uninterrupted_on
     assert resumed.keys() == expected.keys() and any(name.startswith("encoder_optimizer/") for name in expected)
     for name in expected:
         np.testing.assert_allclose(resumed[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    assert [entry["stage"] for entry in feedforward.read_losses(model)] == [1, 1, 2, 2]
+    assert [entry["stage"] for entry in fast_train.read_losses(model)] == [1, 1, 2, 2]
 
 
 def test_a_generator_with_shared_layers_exports(straight):
     """SavedModel and TFLite of the VGG encoder compute what the checkpoint's network computes."""
     image = smooth_image(19, 26, seed=3)[np.newaxis]
-    expected = feedforward.restore_network(straight)(tf.constant(image)).numpy()
+    expected = fast_apply.restore_network(straight)(tf.constant(image)).numpy()
     served = tf.saved_model.load(str(straight / "saved_model")).signatures["serving_default"]
     np.testing.assert_allclose(served(images=tf.constant(image))["stylized"].numpy(), expected, atol=0.01)
     interpreter = tf.lite.Interpreter(str(straight / "model.tflite"))
@@ -267,6 +248,7 @@ def study_args(inputs, tiny16, out, *extra):
             "--stage1-steps", 2, "--stage2-steps", 2, *TINY, *extra]
 
 
+@pytest.mark.slow
 def test_the_study_compares_both_runs_and_resumes(inputs, tiny16, tmp_path, monkeypatch, capsys, no_export):
     """Interrupted at B's stage boundary (4 steps of A, 2 of B), resumed, then the sheet and plots."""
     out = tmp_path / "study"

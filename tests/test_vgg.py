@@ -1,10 +1,11 @@
-"""The .mat loader (both layouts, bad files, its cache) and the graph built from it."""
+"""The .mat loader (both layouts, bad files, its cache), the graph built from it, its precisions and
+recomputation, and the normalised network of the paper."""
 import numpy as np
 import pytest
 import scipy.io
 
 import vgg
-from conftest import TINY_WIDTHS, write_tiny
+from conftest import TINY_WIDTHS, smooth_image, stripes_image, write_tiny
 from errors import UserError
 from quiet_tf import tf
 
@@ -125,7 +126,8 @@ def test_second_load_reads_the_cache_not_the_mat(tmp_path, monkeypatch):
 
     def no_parsing(*args, **kwargs):
         raise AssertionError("the .mat was parsed again")
-    monkeypatch.setattr(vgg.scipy.io, "loadmat", no_parsing)
+    import scipy.io  # vgg imports it when it parses a .mat
+    monkeypatch.setattr(scipy.io, "loadmat", no_parsing)
     second = vgg.load(path)
     assert second.layer_names == first.layer_names and second.sha256 == first.sha256
     for a, b in zip(first.layers, second.layers):
@@ -245,3 +247,95 @@ def test_real_network_loads_with_the_expected_shapes(real_network_path):
     for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1", "relu5_2"):
         network.index(name)
     assert np.all((network.mean_pixel > 90) & (network.mean_pixel < 130))
+
+
+IMAGE = smooth_image(32, 40)[np.newaxis]
+PHOTOS = [smooth_image(32, 40, seed=s) for s in range(3)] + [stripes_image(36, 36)]
+
+
+RELUS = ["relu1_1", "relu2_2", "relu3_4", "relu5_4"]
+
+
+def channel_means(network, photos, names):
+    net = vgg.VGG(network, names)
+    sums = {n: 0.0 for n in names}
+    counts = {n: 0 for n in names}
+    for photo in photos:
+        for name, f in net(photo[np.newaxis]).items():
+            sums[name] = sums[name] + f.numpy().sum(axis=(0, 1, 2))
+            counts[name] += f.shape[1] * f.shape[2]
+    return {n: sums[n] / counts[n] for n in names}
+
+
+def test_normalised_network_has_mean_activation_one_per_channel(tiny_network):
+    normalised = vgg.normalize(tiny_network, PHOTOS, "test photos")
+    means = channel_means(normalised, PHOTOS, RELUS)
+    original = channel_means(tiny_network, PHOTOS, RELUS)
+    for name in RELUS:
+        alive = original[name] > 0
+        np.testing.assert_allclose(means[name][alive], 1.0, rtol=1e-3)
+        np.testing.assert_array_equal(means[name][~alive], 0.0)  # dead channels stay dead
+    assert "test photos" in normalised.normalization
+
+
+def test_normalised_network_computes_the_same_function_up_to_a_channel_scale(tiny_network):
+    normalised = vgg.normalize(tiny_network, PHOTOS, "test photos")
+    other = smooth_image(40, 48, seed=11)[np.newaxis]  # not in the normalising set
+    before = vgg.VGG(tiny_network, RELUS)(other)
+    after = vgg.VGG(normalised, RELUS)(other)
+    means = channel_means(tiny_network, PHOTOS, RELUS)
+    for name in RELUS:
+        scale = np.where(means[name] > 0, means[name], 1.0)
+        np.testing.assert_allclose(after[name].numpy() * scale, before[name].numpy(),
+                                   rtol=1e-3, atol=1e-3 * float(tf.reduce_max(before[name])))
+
+
+def test_normalisation_is_cached_by_checksum_photos_and_pooling(tiny_network, monkeypatch):
+    first = vgg.normalize(tiny_network, PHOTOS, "cache test", pooling="max")
+
+    def recompute(*args):
+        raise AssertionError("recomputed although cached")
+    monkeypatch.setattr(vgg, "_channel_means", recompute)
+    again = vgg.normalize(tiny_network, PHOTOS, "cache test", pooling="max")
+    for a, b in zip(first.layers, again.layers):
+        if a.kernel is not None:
+            np.testing.assert_array_equal(a.kernel, b.kernel)
+    with pytest.raises(AssertionError, match="recomputed"):
+        vgg.normalize(tiny_network, PHOTOS, "another photo set", pooling="max")
+
+
+def test_bfloat16_network_matches_float32_and_returns_float32(tiny_network):
+    outputs = ["relu1_1", "relu3_1", "relu5_1"]
+    full = vgg.VGG(tiny_network, outputs)(IMAGE)
+    half = vgg.VGG(tiny_network, outputs, dtype="bfloat16")(IMAGE)
+    for name in outputs:
+        assert half[name].dtype == tf.float32
+        scale = float(tf.reduce_max(tf.abs(full[name])))
+        assert float(tf.reduce_max(tf.abs(half[name] - full[name]))) < 0.05 * scale
+
+
+def test_recompute_gives_the_same_gradient(tiny_network):
+    outputs = ["relu1_1", "relu2_1", "relu4_2", "relu5_1"]
+    x = tf.Variable(IMAGE)
+
+    def gradient(recompute):
+        net = vgg.VGG(tiny_network, outputs, recompute=recompute)
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_sum(tf.square(f)) for f in net(x).values()])
+        return tape.gradient(loss, x).numpy()
+    stored, recomputed = gradient(False), gradient(True)
+    assert np.abs(stored).max() > 0
+    np.testing.assert_allclose(recomputed, stored, rtol=1e-4, atol=1e-4 * np.abs(stored).max())
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(vgg.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(vgg, "_cpu_has_bf16", lambda: False)
+    assert vgg.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(vgg, "_cpu_has_bf16", lambda: True)
+    assert vgg.resolve_precision("auto") == "bfloat16"
+    monkeypatch.setattr(vgg.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert vgg.resolve_precision("auto") == "float16"
+    assert vgg.resolve_precision("float32") == "float32"
+    with pytest.raises(UserError, match="precision must be one of"):
+        vgg.resolve_precision("int8")

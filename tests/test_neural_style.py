@@ -43,15 +43,25 @@ def test_end_to_end_writes_the_image_and_the_progress_file(base, tmp_path, capsy
     assert f"saved {out}" in capsys.readouterr().out
 
 
+def test_progress_plot_is_drawn_beside_the_output(base, tmp_path):
+    out = tmp_path / "out.png"
+    assert cli(*base, "--output", out, "--progress-plot", "--print-every", 2) == 0
+    from PIL import Image
+    with Image.open(tmp_path / "out.losses.png") as picture:
+        assert picture.format == "PNG"
+    assert cli(*base, "--output", out, "--progress-plot", "--overwrite") == 0
+
+
 def test_max_size_caps_the_long_side(base, tmp_path):
     out = tmp_path / "small.png"
     assert cli(*base, "--output", out, "--max-size", 32) == 0
     assert images.load_image(out).shape == (27, 32, 3)
 
 
-def test_checkpoints_are_numbered_images(base, tmp_path):
+@pytest.mark.parametrize("option", ["--snapshot-every", "--checkpoint-every"])  # the new name, the old
+def test_checkpoints_are_numbered_images(base, tmp_path, option):
     out = tmp_path / "out.png"
-    assert cli(*base, "--output", out, "--checkpoint-every", 2) == 0
+    assert cli(*base, "--output", out, option, 2) == 0
     assert sorted(p.name for p in tmp_path.glob("out_*.png")) == ["out_00002.png", "out_00004.png"]
 
 
@@ -206,6 +216,7 @@ def test_a_user_mistake_prints_one_line_and_no_tensorflow_chatter(tmp_path, tiny
     assert err.strip().splitlines() == [f"error: content image {tmp_path / 'missing.jpg'} does not exist"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_current_image(tmp_path, tiny_mat, image_files):
     content, style = image_files
     out, log = tmp_path / "out.png", tmp_path / "progress.jsonl"

@@ -1,13 +1,14 @@
-"""Fast style transfer (Johnson, Alahi & Fei-Fei 2016): train a TransformNet for one style with
-perceptual losses through the VGG of the `.mat` file, then stylize images, folders and videos with
-one forward pass each, and export the network for serving (SavedModel) and mobile (TFLite).
+"""Fast style transfer, training (Johnson, Alahi & Fei-Fei 2016): train a TransformNet for one style
+with perceptual losses through the VGG of the `.mat` file; fast_apply.py uses the trained network
+(export, images, folders, videos).
 
 A model folder holds everything of one training:
     training.json   the settings, so that --resume and export rebuild the same network
     checkpoints/    network, optimizer, step and data position (tf.train.CheckpointManager)
     previews/       a few fixed images stylized every --preview-every steps
     losses.jsonl    the loss terms of every step, one JSON line each
-    saved_model/    the exported network, which `stylize` loads
+    losses.png      the same as a picture (weighted terms, log scale), redrawn every --print-every steps
+    saved_model/    the exported network, which `fast_style.py stylize` loads
     model.tflite    the same for TensorFlow Lite
 """
 import dataclasses
@@ -23,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 import files
+import grids
 import images
 import losses
 import progress
-import vgg
 from errors import UserError
 from quiet_tf import tf
-from transformer import JOHNSON_WIDTHS, MIN_SIZE, VARIANTS, TransformNet, encoder_layers
+from transformer import JOHNSON_WIDTHS, VARIANTS, TransformNet, encoder_layers
 from vgg import VGG
 
 
@@ -52,11 +53,10 @@ PAPER = Recipe(("relu2_2",), ("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0, 
 # separate normalisation of the two directions).
 LENGSTROM = Recipe(("relu4_2",), tuple(f"relu{i}_1" for i in range(1, 6)), 7.5, 100.0, 200.0)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 PREVIEW_COUNT = 3
-MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE, LOSSES_FILE = (
-    "training.json", "checkpoints", "previews", "saved_model", "model.tflite", "losses.jsonl")
+MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE, LOSSES_FILE, LOSS_PLOT = (
+    "training.json", "checkpoints", "previews", "saved_model", "model.tflite", "losses.jsonl",
+    "losses.png")
 
 
 @dataclass
@@ -204,18 +204,6 @@ def load_style(settings):
 # ---------------------------------------------------------------------------------------------
 # Data
 
-def find_images(folder, what="data folder"):
-    """Every image file under `folder` (recursive, sorted); a UserError when there is none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{what} {folder} {'is a file' if folder.exists() else 'does not exist'}; "
-                        f"give a folder of images")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not found:
-        raise UserError(f"{what} {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return found
-
-
 def center_crop(image, size):
     """The middle square of an image whose short side is scaled to `size`."""
     height, width = image.shape[:2]
@@ -235,7 +223,7 @@ class TrainingImages:
     """
 
     def __init__(self, folder, image_size, seed):
-        self.paths = [str(p) for p in find_images(folder)]
+        self.paths = [str(p) for p in images.find_images(folder)]
         self.image_size, self.seed = image_size, seed
         self.unreadable = set()
         self.previews = self._first_readable(PREVIEW_COUNT)
@@ -315,9 +303,10 @@ class PerceptualLoss:
                         "pixel": settings.pixel_weight, "tv": settings.tv_weight}
         self.content_vgg = VGG(network, list(settings.content_layers), pooling="max")
         self.vgg = VGG(network, list(settings.content_layers) + list(settings.style_layers), pooling="max")
-        if min(style_image.shape[:2]) < self.vgg.min_size or settings.image_size < self.vgg.min_size:
-            raise UserError(f"the style image and --image-size must be at least {self.vgg.min_size} px "
-                            f"for layer {self.vgg.layers[-1].name}")
+        self.vgg.check_size("training crop", settings.image_size, settings.image_size,
+                            f"--image-size must be at least {self.vgg.min_size}, or use shallower layers")
+        self.vgg.check_size("style image", *style_image.shape[:2], "use a larger style image or "
+                            "--style-size, or shallower layers")
         features = self.vgg(tf.constant(style_image[np.newaxis]))
         self.style_grams = {name: losses.gram_matrix(features[name], normalize=True)
                             for name in settings.style_layers}
@@ -357,6 +346,9 @@ class Training:
             shared = {variable.ref() for variable in self.net.encoder_variables}
             self.generator_variables = [variable for variable in self.net.trainable_variables
                                         if variable.ref() not in shared]
+            # Keras' Adam, not stylize.Adam (the write-up's TF1 arithmetic on one image variable):
+            # under a distribution strategy it sums the replicas' gradients and keeps its moments as
+            # mirrored variables, and the checkpoints of existing model folders hold its state.
             self.optimizer = tf.keras.optimizers.Adam(settings.learning_rate)
             self.optimizer.build(self.generator_variables)
             self.encoder_optimizer = None
@@ -446,6 +438,35 @@ class Checkpoints:
             self.saved_step = int(self.step.numpy())
 
 
+def restore_intact(checkpoint, folder, check=lambda status: status):
+    """Restore the newest checkpoint in `folder` that reads; a damaged newer one is passed over
+    with a note (the earlier one loses at most --checkpoint-every steps). A UserError when none
+    reads. Returns the path restored."""
+    state = tf.train.get_checkpoint_state(str(folder))
+    listed = list(state.all_model_checkpoint_paths) if state else []
+    found = sorted({path[:-len(".index")] for path in map(str, Path(folder).glob("*.index"))},
+                   key=_checkpoint_number)
+    candidates = list(dict.fromkeys(reversed(listed + [p for p in found if p not in listed])))
+    if not candidates:
+        raise UserError(f"{Path(folder).parent} holds no checkpoint yet; train first")
+    for number, path in enumerate(candidates):
+        try:
+            check(checkpoint.restore(path))
+        except Exception as error:  # TensorFlow raises OpError, IndexError, ValueError, AssertionError
+            reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            print(f"note: checkpoint {path} is damaged ({reason}); trying an earlier one", file=sys.stderr)
+            continue
+        if number:
+            print(f"note: using the earlier intact checkpoint {path}", file=sys.stderr)
+        return path
+    raise UserError(f"every checkpoint in {folder} is damaged; train again with --overwrite")
+
+
+def _checkpoint_number(path):
+    tail = path.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
 def train(settings, model_dir, network, resume=False, overwrite=False, checkpoint_every=500,
           preview_every=500, print_every=100, devices=None, stop=lambda: False,
           report=lambda line, keep: None):
@@ -513,7 +534,10 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
             speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
             where = f"{step}/{total_steps}" + (f" stage {stage}" if settings.stage1_steps is not None else "")
             line = _progress_line(where, terms, total, speed, elapsed, left, len(data.unreadable))
-            report(line, keep=step % print_every == 0 or step == total_steps)
+            keep = step % print_every == 0 or step == total_steps
+            report(line, keep=keep)
+            if keep:
+                plot_losses(model_dir, settings)
         if step % checkpoint_every == 0:
             checkpoints.save()
         if chief and step % preview_every == 0:
@@ -524,10 +548,13 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
                       f"({files.describe(error)}); training goes on", file=sys.stderr)
     if status != "diverged":
         checkpoints.save()
+    if chief and status != "done":
+        plot_losses(model_dir, settings)  # up to the step it stopped at
     if not chief:
         shutil.rmtree(checkpoints.manager.directory, ignore_errors=True)
     elif status == "done":
-        export(model_dir)
+        import fast_apply  # it imports this module for the model folder's layout
+        fast_apply.export(model_dir)
     return TrainResult(status, int(training.step.numpy()), len(data.unreadable), chief and status == "done")
 
 
@@ -570,349 +597,20 @@ def read_losses(model_dir):
     return entries
 
 
+def plot_losses(model_dir, settings):
+    """losses.png: the weighted loss terms and the total of losses.jsonl per step."""
+    import plots
+    entries = read_losses(model_dir)
+    weights = {"content": settings.content_weight, "style": settings.style_weight,
+               "pixel": settings.pixel_weight, "tv": settings.tv_weight}
+    series = {name: [entry[name] * weight for entry in entries] for name, weight in weights.items()}
+    series["total"] = [entry["total"] for entry in entries]
+    plots.try_save_loss_plot(Path(model_dir) / LOSS_PLOT, [entry["step"] for entry in entries], series,
+                             f"weighted loss terms of {Path(model_dir).name}", xlabel="step")
+
+
 def save_preview(net, previews, path):
     """The fixed preview images above their stylizations, one picture."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stylized = net(tf.constant(previews)).numpy()
-    images.save_image(path, np.concatenate([np.concatenate(list(previews), axis=1),
-                                            np.concatenate(list(stylized), axis=1)], axis=0))
-
-
-# ---------------------------------------------------------------------------------------------
-# Export
-
-class Stylize(tf.Module):
-    """What the SavedModel serves: float32 [batch, height, width, 3] RGB 0..255, any size, in;
-    the stylized images, same shape and range, out."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-    def serve(self, images):
-        return {"stylized": self.net(images)}
-
-
-def restore_network(model_dir, dtype=tf.float32):
-    """The network of the latest checkpoint in `model_dir`, built as its training.json says, with
-    its convolutions in `dtype` (the weights stay float32)."""
-    settings = load_settings(model_dir)
-    network = vgg.load(settings.network) if settings.encoder else None  # the encoder's layer list
-    net = TransformNet(settings.widths, settings.variant, dtype=dtype, encoder=settings.encoder,
-                       network=network)
-    restore_intact(tf.train.Checkpoint(network=net), Path(model_dir) / CHECKPOINTS,
-                   lambda status: status.expect_partial())
-    return net
-
-
-def restore_intact(checkpoint, folder, check=lambda status: status):
-    """Restore the newest checkpoint in `folder` that reads; a damaged newer one is passed over
-    with a note (the earlier one loses at most --checkpoint-every steps). A UserError when none
-    reads. Returns the path restored."""
-    state = tf.train.get_checkpoint_state(str(folder))
-    listed = list(state.all_model_checkpoint_paths) if state else []
-    found = sorted({path[:-len(".index")] for path in map(str, Path(folder).glob("*.index"))},
-                   key=_checkpoint_number)
-    candidates = list(dict.fromkeys(reversed(listed + [p for p in found if p not in listed])))
-    if not candidates:
-        raise UserError(f"{Path(folder).parent} holds no checkpoint yet; train first")
-    for number, path in enumerate(candidates):
-        try:
-            check(checkpoint.restore(path))
-        except Exception as error:  # TensorFlow raises OpError, IndexError, ValueError, AssertionError
-            reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-            print(f"note: checkpoint {path} is damaged ({reason}); trying an earlier one", file=sys.stderr)
-            continue
-        if number:
-            print(f"note: using the earlier intact checkpoint {path}", file=sys.stderr)
-        return path
-    raise UserError(f"every checkpoint in {folder} is damaged; train again with --overwrite")
-
-
-def _checkpoint_number(path):
-    tail = path.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
-
-
-def export(model_dir):
-    """Write saved_model/ and model.tflite from the latest checkpoint; returns their paths. Both take
-    any batch and image size (TFLite: resize the input tensor, then allocate)."""
-    model_dir = Path(model_dir)
-    module = Stylize(restore_network(model_dir))
-    saved = model_dir / SAVED_MODEL
-    files.write_atomic(saved, lambda temporary: tf.saved_model.save(
-        module, str(temporary), signatures={"serving_default": module.serve}), folder=True)
-    tflite = model_dir / TFLITE_FILE
-    converted = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
-    files.write_atomic(tflite, lambda temporary: Path(temporary).write_bytes(converted))
-    return saved, tflite
-
-
-# ---------------------------------------------------------------------------------------------
-# Stylizing
-
-class Stylizer:
-    """A trained network; calls take and return float32 batches. In float32 it runs the exported
-    SavedModel; in a reduced precision it rebuilds the network from the model folder's latest
-    checkpoint (bfloat16 is 2.8x faster on a CPU with AMX: README, "Speed")."""
-
-    def __init__(self, model, precision="float32"):
-        model = Path(model)
-        path = model if (model / "saved_model.pb").is_file() else model / SAVED_MODEL
-        dtype = vgg.resolve_precision(precision)
-        if dtype != "float32" and not ((model / SETTINGS_FILE).is_file() and
-                                       tf.train.latest_checkpoint(model / CHECKPOINTS)):
-            if precision != "auto":
-                raise UserError(f"--precision {precision} rebuilds the network from the checkpoints of "
-                                f"a model folder, and {model} has none; leave --precision out to run "
-                                f"its exported float32 network")
-            dtype = "float32"  # auto: a bare SavedModel runs as exported
-        self.precision = dtype
-        if dtype == "float32":
-            if not (path / "saved_model.pb").is_file():
-                what = "does not exist" if not model.exists() else "holds no exported network (saved_model/)"
-                raise UserError(f"model {model} {what}; train one with `fast_style.py train`, or run "
-                                f"`fast_style.py export --model {model}` after an interrupted training")
-            try:
-                serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-                self.run = lambda batch: serve(images=batch)["stylized"]
-            except Exception as error:  # protobuf, TensorFlow and KeyError alike: a damaged export
-                reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-                if not ((model / SETTINGS_FILE).is_file() and any((model / CHECKPOINTS).glob("*.index"))):
-                    raise UserError(f"the exported network in {path} is damaged ({reason}); export it "
-                                    f"again from its model folder or train again") from None
-                print(f"note: the exported network in {path} is damaged ({reason}); using the model "
-                      f"folder's checkpoint instead (`fast_style.py export --model {model}` writes it "
-                      f"again)", file=sys.stderr)
-                self.run = self._from_checkpoint(model, "float32")
-        else:
-            self.run = self._from_checkpoint(model, dtype)
-        self.reduced = False  # set when an image had to be stylized smaller for lack of memory
-
-    @staticmethod
-    def _from_checkpoint(model, dtype):
-        net = restore_network(model, dtype)
-        return tf.function(net.__call__, input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32)])  # any size, as the SavedModel
-
-    def __call__(self, batch):
-        """Stylize a batch of equal-sized images; an image too large for memory is stylized at half
-        the size (repeatedly if needed) and scaled back."""
-        try:
-            return self.run(tf.constant(batch, tf.float32)).numpy()
-        except (tf.errors.ResourceExhaustedError, MemoryError):
-            if len(batch) > 1:
-                return np.concatenate([self(batch[i:i + 1]) for i in range(len(batch))])
-            height, width = batch.shape[1:3]
-            if min(height, width) // 2 < MIN_SIZE:
-                raise
-            self.reduced = True
-            small = images.resize(batch[0], height // 2, width // 2)
-            return images.resize(self(small[np.newaxis])[0], height, width)[np.newaxis]
-
-
-def _restore_colors(result, original, preserve_colors):
-    """--preserve-colors: the result's luminance with the original's colours."""
-    return images.with_colors_of(result, original) if preserve_colors else result
-
-
-def stylize_image(stylizer, source, output, overwrite=False, preserve_colors=False):
-    image = images.load_image(source, "input image")
-    _check_size(image, source)
-    result = _restore_colors(stylizer(image[np.newaxis])[0], image, preserve_colors)
-    return images.save_result(output, result, overwrite=overwrite)
-
-
-def _check_size(image, source):
-    if min(image.shape[:2]) < MIN_SIZE:
-        raise UserError(f"input image {source} is {image.shape[1]}x{image.shape[0]} px; the network "
-                        f"needs at least {MIN_SIZE} px on each side")
-
-
-def folder_outputs(source, output):
-    """{input image: output path}, mirroring the folder's layout; an output keeps the input's format
-    where it can be written, else becomes PNG, under a name of its own: two inputs never share an
-    output."""
-    paths = find_images(source, "input folder")
-    mirrored = {path: Path(output) / path.relative_to(source) for path in paths}
-    kept = {path: target for path, target in mirrored.items() if target.suffix.lower() in images.WRITABLE}
-    taken = set(kept.values())
-    converted = {}
-    for path in (path for path in paths if path not in kept):
-        target = mirrored[path].with_suffix(".png")
-        if target in taken:  # photo.png and photo.gif: the GIF's result is photo_gif.png
-            target = target.with_name(f"{path.stem}_{path.suffix.lstrip('.').lower()}.png")
-        first, number = target, 1
-        while target in taken:
-            target, number = first.with_name(f"{first.stem}_{number}.png"), number + 1
-        taken.add(target)
-        converted[path] = target
-    return {path: kept.get(path) or converted[path] for path in paths}
-
-
-def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
-                   report=lambda line: None):
-    """Stylize every image of a folder, equal sizes together in batches; returns (written, skipped)."""
-    pairs = folder_outputs(source, output)
-    existing = [str(target) for target in pairs.values() if target.exists()]
-    if existing and not overwrite:
-        raise UserError(f"{len(existing)} of the outputs already exist (e.g. {existing[0]}); pass "
-                        f"--overwrite to replace them or choose another --output folder")
-    pending, written, skipped = {}, 0, []
-
-    def flush(shape):
-        nonlocal written
-        batch = pending.pop(shape)
-        results = stylizer(np.stack([image for _, _, image in batch]))
-        for (path, target, image), result in zip(batch, results):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            images.save_image(target, _restore_colors(result, image, preserve_colors))
-            written += 1
-        report(f"{written + len(skipped)}/{len(pairs)} images")
-
-    for path, target in pairs.items():
-        try:
-            image = images.load_image(path, "input image")
-            _check_size(image, path)
-        except UserError as error:
-            skipped.append(str(error))
-            continue
-        pending.setdefault(image.shape, []).append((path, target, image))
-        if len(pending[image.shape]) == batch_size:
-            flush(image.shape)
-    for shape in list(pending):
-        flush(shape)
-    return written, skipped
-
-
-def _move_finished(temporary, output):
-    """Rename a finished video into place; where that fails, it stays beside it under a name that
-    says so (its frames are on disk already) and a warning names it. Returns where it is."""
-    try:
-        os.replace(temporary, output)
-        return output
-    except OSError as error:
-        fallback = output.with_name(f"{output.stem}.unsaved-{os.getpid()}{output.suffix}")
-        os.replace(temporary, fallback)
-        print(f"warning: the video could not be written to {output} ({files.describe(error)}); it is "
-              f"saved as {fallback} instead", file=sys.stderr)
-        return fallback
-
-
-def _until_unreadable(frames, broken):
-    """The frames that ffmpeg can decode; a decoding error ends them (and is noted in `broken`)."""
-    try:
-        yield from frames
-    except (RuntimeError, OSError) as error:
-        broken.append(error)
-
-
-class TruncatedVideo(Exception):
-    """Fewer frames than the video's header promises: the output holds the ones that could be read."""
-
-    def __init__(self, count, expected, path):
-        super().__init__(f"{count} of {expected} frames")
-        self.count, self.expected, self.path = count, expected, path
-
-
-def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
-                  report=lambda line: None):
-    """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count
-    and the path written. The video is written beside `output` and renamed when complete, as images
-    are (to a fallback name beside it when that rename fails)."""
-    import imageio_ffmpeg  # only videos need it
-
-    source, output = Path(source), Path(output)
-    if not source.is_file():
-        raise UserError(f"input video {source} does not exist")
-    if output.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise UserError(f"output {output} needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
-    files.check_new(output, overwrite)
-    try:
-        frames = imageio_ffmpeg.read_frames(str(source))
-        meta = next(frames)
-    except (RuntimeError, OSError, StopIteration) as error:
-        raise UserError(f"input video {source} cannot be read ({str(error).splitlines()[0]})") from None
-    width, height = meta["size"]
-    if min(width, height) < MIN_SIZE:
-        raise UserError(f"input video {source} is {width}x{height} px; the network needs at least "
-                        f"{MIN_SIZE} px on each side")
-    expected = round(meta.get("duration", 0) * meta["fps"]) or "?"
-    temporary = str(output.with_name(f".{output.stem}.{os.getpid()}{output.suffix}"))
-    writer = imageio_ffmpeg.write_frames(temporary, (width, height), fps=meta["fps"], macro_block_size=2,
-                                         audio_path=str(source) if meta.get("audio_codec") else None,
-                                         output_params=["-loglevel", "error"])
-    count = 0
-    try:
-        writer.send(None)  # start ffmpeg
-
-        def write(batch):
-            nonlocal count
-            batch = np.stack(batch)
-            for frame, result in zip(batch, stylizer(batch)):
-                result = _restore_colors(result, frame, preserve_colors)
-                writer.send(np.clip(np.round(result), 0, 255).astype(np.uint8))
-            count += len(batch)
-            report(f"frame {count}/{expected}")
-
-        batch, broken = [], []
-        for raw in _until_unreadable(frames, broken):
-            batch.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(np.float32))
-            if len(batch) == batch_size:
-                write(batch)
-                batch = []
-        if batch:
-            write(batch)
-        writer.close()
-        output = _move_finished(temporary, output)
-        if broken or (isinstance(expected, int) and count < expected - 1):  # rounding: 1 frame
-            raise TruncatedVideo(count, expected, output)
-    except BaseException:
-        writer.close()
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return count, output
-
-
-# ---------------------------------------------------------------------------------------------
-# Speed
-
-def benchmark_stylize(size=512, precision="float32", jit_compile=False, widths=JOHNSON_WIDTHS,
-                      variant="improved", repeats=10, warmup=3):
-    """Seconds to stylize one size x size image (untrained weights time the same): median and best
-    of `repeats` calls after `warmup` calls."""
-    net = TransformNet(widths, variant, dtype=precision)
-    any_size = tf.TensorSpec([None, None, None, 3], tf.float32)  # as the SavedModel that `stylize` runs
-    run = tf.function(lambda batch: net(batch), input_signature=[any_size], jit_compile=jit_compile)
-    batch = tf.random.uniform([1, size, size, 3], 0, 255, seed=0)
-    return _time(lambda: run(batch).numpy(), repeats, warmup)
-
-
-def benchmark_training(network, image_size=256, batch_size=4, steps=5, warmup=2, variant="improved",
-                       widths=JOHNSON_WIDTHS, devices=None):
-    """Training steps per second (median and best of `steps`) on random images with the default
-    layers of `network` (a vgg.Network)."""
-    settings = Settings(style="", data="", network=network.path, variant=variant, widths=widths,
-                        image_size=image_size, batch_size=batch_size).with_defaults(network)
-    rng = np.random.default_rng(0)
-    style = rng.uniform(0, 255, (image_size, image_size, 3)).astype(np.float32)
-    strategy = choose_strategy(devices)
-    training = Training(network, style, settings, strategy)
-    crops = tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)), tf.float32)
-    data = tf.data.Dataset.from_tensors((crops, tf.zeros([batch_size], tf.int64))).repeat()
-    batches = iter(strategy.experimental_distribute_dataset(data))
-    seconds = _time(lambda: float(training.train_step(next(batches))[1]), steps, warmup)
-    return {"steps_per_second": 1 / seconds["median"], "best_steps_per_second": 1 / seconds["best"]}
-
-
-def _time(call, repeats, warmup):
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return {"median": float(np.median(times)), "best": min(times)}
+    images.save_image(path, grids.compose([list(previews), list(stylized)], gap=0))
