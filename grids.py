@@ -18,10 +18,10 @@ def compose(rows, row_labels=(), column_labels=(), insets=None, gap=6, scale=Non
     first = rows[0][0]
     height, width = (first.shape[0] * scale, first.shape[1] * scale) if scale else first.shape[:2]
     size = font_size or max(12, width // 20)
-    font = _font(size)
-    label_width = max((_text_width(font, label) for label in row_labels), default=0)
+    font = load_font(size)
+    label_width = max((text_width(font, label) for label in row_labels), default=0)
     label_width = label_width + 2 * gap if label_width else 0
-    column = max([width] + [_text_width(font, label) + gap for label in column_labels])
+    column = max([width] + [text_width(font, label) + gap for label in column_labels])
     top = size + 2 * gap if column_labels else gap  # the first row's y
     left = label_width + gap if label_width else gap  # the first column's x
     columns = max(len(row) for row in rows)
@@ -29,7 +29,7 @@ def compose(rows, row_labels=(), column_labels=(), insets=None, gap=6, scale=Non
     draw = ImageDraw.Draw(canvas)
     for c, label in enumerate(column_labels):
         x = left + c * (column + gap)
-        draw.text((x + (column - _text_width(font, label)) // 2, gap), label, fill="black", font=font)
+        draw.text((x + (column - text_width(font, label)) // 2, gap), label, fill="black", font=font)
     for r, row in enumerate(rows):
         y = top + r * (height + gap)
         if row_labels:
@@ -50,13 +50,13 @@ def compose(rows, row_labels=(), column_labels=(), insets=None, gap=6, scale=Non
     return np.asarray(canvas, dtype=np.float32)
 
 
-def _font(size):
+def load_font(size):
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow before 10.1: a fixed bitmap font
         return ImageFont.load_default()
 
 
-def _text_width(font, text):
+def text_width(font, text):
     left, _, right, _ = font.getbbox(text)
     return right - left

@@ -106,7 +106,11 @@ def build_parser():
                      "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
     opt.add_argument("--precision", choices=PRECISIONS,
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
-                     "with native bfloat16, float16 on a GPU, else float32")
+                     "with native bfloat16, bfloat16 on a GPU of compute capability >= 8, float16 on older GPUs, else "
+                     "float32")
+    opt.add_argument("--lbfgs-impl", choices=("scipy", "tf"), default="scipy",
+                     help="L-BFGS implementation: scipy's L-BFGS-B on the host, or lbfgs.py on the device "
+                     "(experimental; see docs/speed.md)")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")
@@ -152,6 +156,7 @@ def settings_from(args):
     settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
                                    style_scale=args.style_scale, seed=args.seed, color_control=color_control,
                                    style_layer_sets=layer_sets, recompute=recompute,
+                                   lbfgs_impl=args.lbfgs_impl,
                                    writeup_exact=args.writeup_exact or None)
     return settings, max_size
 

@@ -260,7 +260,8 @@ class Studio:
     def open(self):
         """Read the runs on disk and start the worker. A run that was running when the server
         stopped is interrupted (its last snapshot is its image); queued runs queue again."""
-        import neural_style  # noqa: F401  (TensorFlow: imported here, not in the first request)
+        from quiet_tf import tf
+        tf.constant(0.0)  # TensorFlow loads now, not in the first request (6 s on a loaded machine)
         try:
             self.uploads_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:

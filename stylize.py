@@ -24,6 +24,7 @@ from errors import UserError
 from quiet_tf import tf
 from vgg import VGG, resolve_precision
 
+LBFGS_IMPLS = ("tf", "scipy")  # lbfgs.py on the device, or scipy's L-BFGS-B on the host
 LOSS_UNITS = tuple(losses.UNITS)
 BALANCES = ("auto", "off")  # or a positive number: the factor itself
 
@@ -46,6 +47,7 @@ class Settings:
     style_scale: float = 1.0  # style long side relative to the output's
     optimizer: str = _writeup("optimizer")
     learning_rate: float = _writeup("learning_rate")
+    lbfgs_impl: str = "scipy"  # one of LBFGS_IMPLS; "tf" (lbfgs.py) is opt-in until it matches scipy
     iterations: int = _writeup("iterations")
     init: str = _writeup("init")
     noise_ratio: float = _writeup("noise_ratio")
@@ -266,7 +268,11 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         if settings.optimizer == "adam":
             reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
-            reached, done, status = _lbfgs(objective, start, steps, report, exact, clip, settings.lbfgs_round)
+            if settings.lbfgs_impl == "tf":  # lbfgs.py: always within 0..255 (its bounds)
+                reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+            else:
+                reached, done, status = _lbfgs(objective, start, steps, report, exact, clip,
+                                               settings.lbfgs_round)
         # None: not finite from the first evaluation; a later scale keeps the earlier scale's image.
         image = reached if reached is not None else (None if i == 0 else start)
         if status != "done":
@@ -481,6 +487,56 @@ class _HandOver(Exception):
     """Raised inside the L-BFGS objective when a reduced-precision loss overflows."""
 
 
+def _lbfgs_tf(objective, start, iterations, report, exact=None):
+    """lbfgs.py's L-BFGS on the device, with _lbfgs's contract: an iteration is one evaluation, the
+    best image is returned, and in reduced precision `exact()` takes over in float32 once the line
+    search stalls (rounding noise) or the loss overflows. In float32 a stall restarts from the best
+    image with a fresh history while that still makes progress."""
+    import lbfgs
+    shape = (1,) + start.shape
+
+    def optimiser(objective, x):
+        def evaluate(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                terms = objective.terms(x)
+                total = objective.total(terms)
+            return total, tape.gradient(total, x), terms
+        return lbfgs.LBFGS(evaluate, x, 0.0, 255.0)
+
+    optimizer = optimiser(objective, start.reshape(shape))
+    iteration, status, best_at_stall = -1, "done", np.inf
+    best_iteration, best_loss = 0, np.inf
+    try:
+        while iteration < iterations:
+            total, terms, event = optimizer.step()
+            total = float(total)
+            if not np.isfinite(total):
+                if exact is not None:
+                    optimizer = optimiser(exact(), optimizer.best.value())
+                    exact, best_loss = None, np.inf
+                    continue
+                status = "diverged"
+                break
+            iteration += 1
+            if total < best_loss:
+                best_loss, best_iteration = total, iteration
+            trial = optimizer.trial
+            if not report(iteration, terms.numpy(), total, lambda: trial.numpy()[0]):
+                status = "interrupted"
+                break
+            if int(event) == lbfgs.STALLED:
+                if exact is not None:  # rounding noise: float32 goes on from the best image
+                    optimizer = optimiser(exact(), optimizer.best.value())
+                    exact, best_loss = None, np.inf
+                elif best_loss >= best_at_stall:
+                    break
+                best_at_stall = best_loss
+    except KeyboardInterrupt:
+        status = "interrupted"
+    return optimizer.best.numpy()[0], best_iteration, status
+
+
 def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_length=None):
     """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation. The
     image is bounded to 0..255 if `clip`; with a `round_length`, each run of scipy's optimiser gets
@@ -585,6 +641,9 @@ def check_inputs(settings, content, styles, init_image=None, masks=None):
 def _check_settings(settings, style_count):
     if settings.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not '{settings.optimizer}'")
+    if settings.lbfgs_impl not in LBFGS_IMPLS:
+        raise UserError(f"L-BFGS implementation must be one of {', '.join(LBFGS_IMPLS)}, not "
+                        f"'{settings.lbfgs_impl}'")
     if settings.init not in INITS:
         raise UserError(f"init must be one of {', '.join(INITS)}, not '{settings.init}'")
     if style_count < 1:

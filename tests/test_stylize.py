@@ -35,9 +35,9 @@ def run(network, monitor=None, styles=(STYLE,), **changes):
     return result, seen
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_optimisers_lower_the_loss_and_report_every_iteration(tiny_network, optimizer):
-    result, seen = run(tiny_network, optimizer=optimizer, learning_rate=5.0)
+@pytest.mark.parametrize("optimizer,impl", [("adam", "tf"), ("lbfgs", "tf"), ("lbfgs", "scipy")])
+def test_optimisers_lower_the_loss_and_report_every_iteration(tiny_network, optimizer, impl):
+    result, seen = run(tiny_network, optimizer=optimizer, learning_rate=5.0, lbfgs_impl=impl)
     assert result.status == "done"
     assert [p.iteration for p in seen] == list(range(13))  # iteration 0 is the initial image
     assert seen[-1].total_loss < 0.5 * seen[0].total_loss
@@ -178,6 +178,11 @@ def test_image_too_small_for_the_deepest_layer(tiny_network):
         stylize.stylize(tiny_network, CONTENT, [STYLE], settings(style_scale=0.2))
 
 
+def test_unknown_lbfgs_implementation_is_a_user_error(tiny_network):
+    with pytest.raises(UserError, match="L-BFGS implementation"):
+        run(tiny_network, optimizer="lbfgs", lbfgs_impl="cuda")
+
+
 # ---- speed levers ------------------------------------------------------------------------------
 
 def small_settings(**changes):
@@ -232,14 +237,15 @@ class Overflowing(Quadratic):
         return tf.where(terms[0] < 1e4, np.inf, terms)
 
 
-def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows():
+@pytest.mark.parametrize("run_lbfgs", [stylize._lbfgs_tf, stylize._lbfgs], ids=["tf", "scipy"])
+def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows(run_lbfgs):
     seen = []
     exact = Quadratic()
-    image, _, status = stylize._lbfgs(Overflowing(), START, 200, lambda i, *a: seen.append(i) or True,
+    image, _, status = run_lbfgs(Overflowing(), START, 200, lambda i, *a: seen.append(i) or True,
                                       exact=lambda: exact)
     assert status == "done" and exact.exact_loss(image) < 1.0
     assert seen == list(range(len(seen)))  # the overflowing evaluation is no iteration
-    without, _, status = stylize._lbfgs(Overflowing(), START, 200, lambda *a: True)
+    without, _, status = run_lbfgs(Overflowing(), START, 200, lambda *a: True)
     assert status == "diverged" and exact.exact_loss(without) >= 1e4
 
 

@@ -1,14 +1,12 @@
-"""The two-stage schedule of fast_style.py (a generator whose encoder is a copy of VGG's first layers)
-and the digits study, on tiny data: a VGG16-shaped .mat with a few channels, 16 px images, a network
+"""The two-stage schedule of fast_style.py (a generator whose encoder is a copy of VGG's first layers),
+on tiny data: a VGG16-shaped .mat with a few channels, 16 px images, a network
 of 8 channels, 2 steps per stage."""
 import contextlib
-import gzip
 import json
 
 import numpy as np
 import pytest
 
-import digits
 import fast_style
 import fast_apply
 import fast_train
@@ -17,7 +15,6 @@ import progress
 import transformer
 import vgg
 from conftest import smooth_image, stripes_image
-from errors import UserError
 from quiet_tf import tf
 
 TINY = ["--widths", "8,8,8", "--image-size", "16", "--batch-size", "2"]
@@ -83,6 +80,26 @@ def no_export(monkeypatch):
 
 
 # ---- the generator ------------------------------------------------------------------------------
+
+def test_the_encoder_is_the_loss_networks_first_layers(tiny16):
+    """Initialised, it computes what vgg.VGG computes at relu3_1 (mean pixel, padding, pooling)."""
+    network = vgg.load(tiny16)
+    net = transformer.TransformNet((8, 8, 8), encoder="vgg:relu3_1", network=network)
+    image = tf.constant(smooth_image(21, 18)[np.newaxis])
+    features, sizes = net.encoder(image)
+    expected = vgg.VGG(network, ["relu3_1"], pooling="max")(image)["relu3_1"]
+    np.testing.assert_allclose(features.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert [list(size.numpy()) for size in sizes] == [[11, 9], [21, 18]]  # the decoder's targets
+    assert len(net.encoder_variables) == 10  # conv1_1 … conv3_1, kernels and biases
+    assert transformer.TransformNet((8, 8, 8)).encoder_variables == ()
+
+
+@pytest.mark.parametrize("layer", ["relu1_2", "relu2_1", "pool2", "relu3_1"])
+def test_the_output_has_the_inputs_size_after_any_usable_layer(tiny16, layer):
+    net = transformer.TransformNet((4, 6, 8), encoder=f"vgg:{layer}", network=vgg.load(tiny16))
+    for shape in [(1, 5, 5, 3), (2, 13, 10, 3)]:
+        out = net(tf.random.uniform(shape, 0, 255, seed=1)).numpy()
+        assert out.shape == shape and out.min() >= 0 and out.max() <= 255
 
 
 # ---- the stages ---------------------------------------------------------------------------------
@@ -179,106 +196,6 @@ def test_a_generator_with_shared_layers_exports(straight):
                                expected, atol=0.05)
 
 
-# ---- the digits ---------------------------------------------------------------------------------
-
-def write_idx(path, array, kind=8):
-    header = bytes([0, 0, kind, array.ndim]) + np.array(array.shape, ">i4").tobytes()
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-    return path
-
-
-def mnist_like(count=5):
-    """`count` 28x28 uint8 digits: a white bar on black."""
-    raw = np.zeros((count, 28, 28), np.uint8)
-    raw[:, 4:24, 12:16] = 255
-    return raw
-
-
-def test_scikit_learns_digits_come_upscaled_white_on_black_in_rgb():
-    found, source = digits.load_digits(None, 20, 5)
-    assert found.shape == (5, 20, 20, 3) and found.dtype == np.float32
-    assert found.min() >= 0 and found.max() <= 255 and found.max() > 200
-    assert np.array_equal(found[..., 0], found[..., 1]) and np.array_equal(found[..., 1], found[..., 2])
-    assert found[:, 0, 0].max() < 30  # black background
-    assert "scikit-learn" in source and "resized from 8 to 20 px" in source
-
-
-@pytest.mark.parametrize("write", [
-    lambda path: np.savez(path / "mnist.npz", x_train=mnist_like(), y_train=np.zeros(5), x_test=mnist_like(1)),
-    lambda path: np.savez(path / "mnist.npz", digits=mnist_like()),
-    lambda path: write_idx(path / "train-images-idx3-ubyte", mnist_like()),
-    lambda path: write_idx(path / "train-images-idx3-ubyte.gz", mnist_like()),
-])
-def test_mnist_files_load(tmp_path, write):
-    write(tmp_path)
-    path = next(tmp_path.iterdir())
-    found, source = digits.load_digits(path, 16, 5)
-    assert found.shape == (5, 16, 16, 3) and path.name in source
-    assert found[:, 8, 8, 0].min() > 200 and found[:, 1, 1, 0].max() < 30  # the bar, the background
-
-
-@pytest.mark.parametrize("write, message", [
-    (lambda path: (path / "notes.txt").write_text("hello"), "neither a .npz nor an IDX file"),
-    (lambda path: write_idx(path / "train-labels-idx1-ubyte", np.zeros(5)), "label file"),
-    (lambda path: (path / "cut-idx3-ubyte").write_bytes(write_idx(path / "x", mnist_like()).read_bytes()[:300]),
-     "truncated"),
-    (lambda path: np.savez(path / "other.npz", a=np.zeros(3), b=np.zeros(3)), "no x_train"),
-    (lambda path: np.savez(path / "flat.npz", x_train=np.zeros(3)), "not digit images"),
-    (lambda path: (path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip"), "cannot be read as a .npz"),
-    (lambda path: (path / "broken.gz").write_bytes(b"\x1f\x8b\x08\x00 not gzip"), "damaged gzip"),
-])
-def test_a_bad_mnist_file_gives_one_clear_error(tmp_path, write, message):
-    write(tmp_path)
-    path = max(tmp_path.iterdir(), key=lambda p: p.stat().st_mtime_ns)
-    with pytest.raises(UserError, match=message):
-        digits.load_digits(path, 16, 2)
-
-
-def test_too_few_digits_say_so(tmp_path):
-    np.savez(tmp_path / "mnist.npz", x_train=mnist_like(3))
-    with pytest.raises(UserError, match="holds 3 digits; the study needs 9"):
-        digits.load_digits(tmp_path / "mnist.npz", 16, 9)
-
-
-# ---- the study ----------------------------------------------------------------------------------
-
-def study_args(inputs, tiny16, out, *extra):
-    return ["study-digits", "--style", inputs[1], "--out", out, "--network", tiny16, "--digits", 8,
-            "--stage1-steps", 2, "--stage2-steps", 2, *TINY, *extra]
-
-
-@pytest.mark.slow
-def test_the_study_compares_both_runs_and_resumes(inputs, tiny16, tmp_path, monkeypatch, capsys, no_export):
-    """Interrupted at B's stage boundary (4 steps of A, 2 of B), resumed, then the sheet and plots."""
-    out = tmp_path / "study"
-    with monkeypatch.context() as patch:
-        patch.setattr(progress, "graceful_interrupt", lambda: stop_after(6))
-        assert cli(*study_args(inputs, tiny16, out)) == 130
-    assert "run B is saved at step 2" in capsys.readouterr().err
-    assert cli("study-digits", "--out", out, "--resume", "--style", inputs[1]) == 1
-    assert "drop --style" in capsys.readouterr().err
-    assert cli("study-digits", "--out", out, "--resume") == 0
-    printed = capsys.readouterr().out
-    assert "held-out digits, run A" in printed and "held-out digits, run B" in printed
-
-    assert len(list((out / "data").glob("*.png"))) == 8 and len(list((out / "held_out").glob("*.png"))) == 8
-    assert images.load_image(out / "data" / "digit_00000.png").shape == (16, 16, 3)
-    sheet = images.load_image(out / "comparison.png")
-    assert sheet.shape[0] == 3 * (64 + 4) + 4  # inputs, A, B: 16 px digits shown at 64 px
-    assert images.load_image(out / "losses.png").shape[1] > 600
-    numbers = json.loads((out / "losses.json").read_text())
-    a, b = numbers["steps"]["A"], numbers["steps"]["B"]
-    assert [entry["stage"] for entry in a] == [1, 1, 1, 1] and [entry["stage"] for entry in b] == [1, 1, 2, 2]
-    for first, second in zip(a[:2], b[:2]):  # the same initialisation and data order
-        assert first["total"] == pytest.approx(second["total"], rel=1e-5)
-    assert set(numbers["held_out"]) == {"A", "B"} and numbers["stage1_steps"] == 2
-    assert "scikit-learn" in numbers["data"]
-
-    assert cli(*study_args(inputs, tiny16, out)) == 1
-    assert "already holds a study" in capsys.readouterr().err
-
-
 # ---- mistakes -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, message", [
@@ -297,21 +214,3 @@ def test_bad_schedules_give_one_clear_error(inputs, tiny16, tmp_path, capsys, ex
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert err.count("\n") == 1 and not (tmp_path / "model").exists()
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--stage2-steps", "0"], "needs both stages"),
-    (["--digits", "0"], "--digits must be a positive number"),
-    (["--digits", "5000"], "holds 1797 digits; the study needs 5008"),
-    (["--encoder", "vgg:relu9_9"], "'relu9_9' is not in"),
-    (["--mnist", "nowhere.npz"], "does not exist"),
-    (["--image-size", "4"], "must be at least"),
-])
-def test_bad_study_options_give_one_clear_error(inputs, tiny16, tmp_path, capsys, extra, message):
-    out = tmp_path / "study"
-    assert cli(*study_args(inputs, tiny16, out), *extra) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and "Traceback" not in err
-    assert err.count("\n") == 1 and not out.exists()
-    assert cli("study-digits", "--out", out, "--resume") == 1
-    assert "holds no study" in capsys.readouterr().err
