@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import images
+import losses
+import presets
 import stylize
 from conftest import smooth_image, stripes_image
 from errors import UserError
@@ -444,3 +446,67 @@ def test_writeup_exact_truncates_the_output_and_does_not_clip_the_variable(tiny_
     _, seen = run(tiny_network, writeup_exact=True, init="content", iterations=1)
     assert seen[0].content_loss == pytest.approx(0.0, abs=1e-6)
     assert exact_content.min() < 0
+
+
+# ---- loss units and balance calibration (issue 12) --------------------------------------------
+
+
+
+def _objective_and_start(network, size, units, balance="off"):
+    settings = presets.settings_for_preset("gatys2016", loss_units=units, balance=balance,
+                                            normalize_network=False, seed=0)
+    content = smooth_image(*size)
+    style = stripes_image(*size)
+    net = stylize.VGG(network, list(settings.content_layers) + list(settings.style_layers))
+    objective = stylize.Objective(net, content, [style], np.array([1.0]), settings)
+    start = np.clip(stylize.initial_image(settings, content, style, network.mean_pixel), 0, 255)
+    return settings, objective, start, content, style
+
+
+def test_calibration_factor_is_the_reference_times_the_gradient_norm_ratio(tiny_network, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    settings, objective, start, content, style = _objective_and_start(tiny_network, (40, 48), "authors",
+                                                                      "auto")
+    content_norm, style_norm = objective.gradient_norms(start)
+    factor = stylize.resolve_balance(settings, lambda: objective, tiny_network, start, content, [style], None)
+    assert factor == pytest.approx(losses.UNITS["authors"].reference_balance * content_norm / style_norm,
+                                   rel=1e-4)
+    # Measured once: the second run reads it from the cache beside the network.
+    assert (tmp_path / "balance.json").exists()
+    boom = lambda: (_ for _ in ()).throw(AssertionError("measured again"))
+    assert stylize.resolve_balance(settings, boom, tiny_network, start, content, [style], None) == factor
+    assert stylize.resolve_balance(dataclasses.replace(settings, balance=2.5), boom, tiny_network,
+                                   start, content, [style], None) == 2.5
+
+
+def test_authors_units_keep_the_gradient_balance_across_sizes_and_printed_do_not(tiny_network):
+    def ratio(units, size):
+        _, objective, start, _, _ = _objective_and_start(tiny_network, size, units)
+        content_norm, style_norm = objective.gradient_norms(start)
+        return content_norm / style_norm
+    authors = ratio("authors", (64, 80)) / ratio("authors", (128, 160))
+    printed = ratio("printed", (64, 80)) / ratio("printed", (128, 160))
+    assert 1 / 1.5 < authors < 1.5
+    assert not 1 / 1.5 < printed < 1.5
+
+
+def test_a_balanced_run_reports_its_factor_and_weights_beta_by_it(tiny_network, tmp_path, monkeypatch):
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    settings = presets.settings_for_preset("gatys2016", balance="auto", normalize_network=False,
+                                            iterations=2, seed=0)
+    seen = []
+    result = stylize.stylize(tiny_network, smooth_image(40, 48), [stripes_image(40, 48)], settings,
+                             lambda p: seen.append(p) or True)
+    assert result.balance != 1.0 and np.isfinite(result.balance)
+    p = seen[0]
+    assert p.total_loss == pytest.approx(settings.content_weight * p.content_loss
+                                         + result.balance * settings.style_weight * p.style_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("field, value", [("loss_units", "metric"), ("balance", -1.0),
+                                          ("balance", float("nan")), ("balance", "sometimes")])
+def test_bad_units_or_balance_is_a_user_error(tiny_network, field, value):
+    settings = dataclasses.replace(stylize.Settings(), **{field: value})
+    with pytest.raises(UserError):
+        stylize.stylize(tiny_network, smooth_image(40, 48), [smooth_image(40, 48)], settings)
