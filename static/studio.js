@@ -168,8 +168,10 @@ function showRun(run) {
   showError($("run-error"), run.error || null);
   $("stop").hidden = !(run.state === "running" || run.state === "queued");
   $("stop").textContent = run.state === "queued" ? "Take off the queue" : "Stop (keeps the current image)";
-  if (run.image && run.image_version !== state.imageVersion) {
-    state.imageVersion = run.image_version;
+  // The file and its version: the result of the last iteration has the last snapshot's version.
+  const shown = `${run.image}?v=${run.image_version}`;
+  if (run.image && shown !== state.imageVersion) {
+    state.imageVersion = shown;
     $("run-image").src = `/api/runs/${run.id}/files/${run.image}?v=${run.image_version}`;
     $("run-caption").textContent = run.image === "result.png" ? `result, iteration ${run.iteration}`
                                                                : `iteration ${run.image_version}`;
