@@ -54,6 +54,10 @@ def stripes_image(height, width, period=6):
                     axis=-1).astype(np.float32)
 
 
+
+# The two style images of the perceptual-control and figure tests: stripes, and a smooth other one.
+STYLE_A, STYLE_B = stripes_image(36, 36), smooth_image(36, 36, seed=7)
+
 @pytest.fixture
 def image_files(tmp_path):
     """A content photo and a style image on disk."""
