@@ -5,12 +5,13 @@
     python figures.py figure-init --content tubingen.jpg --style the_scream.jpg --out fig6/
 
 Every run uses the gatys2016 preset (the normalised network, L-BFGS, white noise, relu4_2 content
-layer, average pooling) unless an option says otherwise. Each tile is written to OUT/tiles/ with its
-exact settings beside it (JSON), under a name keyed by what it is made from (every setting and the
-SHA-256 of the content, the styles and the network), and reused when it exists, so an interrupted
-figure continues where it stopped and a changed input makes a new tile; a diverged or interrupted
-tile is never taken for a finished one. The grid is OUT/<figure>.png, with OUT/<figure>.json
-recording every tile.
+layer, average pooling, the authors' loss units) with `--balance auto` unless an option says
+otherwise, so that the paper's alpha/beta gives the paper's balance on the network at hand. Each
+tile is written to OUT/tiles/ with its exact settings beside it (JSON), under a name keyed by what
+it is made from (every setting and the SHA-256 of the content, the styles and the network), and
+reused when it exists, so an interrupted figure continues where it stopped and a changed input makes
+a new tile; a diverged or interrupted tile is never taken for a finished one. The grid is
+OUT/<figure>.png, with OUT/<figure>.json recording every tile (with each tile's balance factor).
 """
 import argparse
 import dataclasses
@@ -28,7 +29,7 @@ import images
 import progress
 import vgg
 from errors import UserError
-from presets import OPTIMIZERS, settings_for_preset
+from presets import OPTIMIZERS, balance_value, settings_for_preset
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 PAPER_NAMES = {name: name.replace("relu", "conv") for name in STYLE_LAYERS}  # the paper's labels
@@ -52,6 +53,10 @@ def parse_args(argv):
     common.add_argument("--normalize-network", action=argparse.BooleanOptionalAction, default=True,
                         help="the paper's rescaled network (default on)")
     common.add_argument("--seed", type=cli.seed, default=0, help="seed of the white-noise starting image")
+    common.add_argument("--loss-units", choices=("authors", "printed"), default="authors",
+                        help="authors (default: the paper's ratios are in these) or printed")
+    common.add_argument("--balance", type=balance_value, default="auto",
+                        help="auto (default): calibrate beta on this network; off; or the factor")
     two = figures.add_parser("figure2", parents=[common], help="one content image in several styles (Fig. 2)")
     two.add_argument("--style", type=Path, nargs="+", required=True)
     two.add_argument("--ratio", type=cli.positive_float, default=1e-3, help="alpha/beta (the paper: 1e-3 or 1e-4)")
@@ -75,8 +80,7 @@ def run(args):
     styles = args.style if isinstance(args.style, list) else [args.style]
     style_images = [images.load_image(path, "style image") for path in styles]
     network = vgg.load(args.network if args.network else vgg.ensure_default())
-    base = settings_for_preset("gatys2016", iterations=args.iterations, optimizer=args.optimizer,
-                               normalize_network=args.normalize_network, seed=args.seed)
+    base = base_settings(args)
     if args.figure == "figure2":
         tiles = [[Tile(_stem(path), _with_ratio(base, args.ratio), [image], [path])
                   for path, image in zip(styles, style_images)]]
@@ -102,6 +106,21 @@ def run(args):
         tiles = [[Tile(name.replace(" ", "_"), s, style_images) for name, s in starts]]
         grid = Grid(rows=[""], columns=[name for name, _ in starts], insets=False)
     return render(args, network, content, style_images, tiles, grid)
+
+
+def base_settings(args):
+    """Every tile's settings before its own ratio, layers and start: gatys2016 as the options say."""
+    return settings_for_preset("gatys2016", iterations=args.iterations, optimizer=args.optimizer,
+                               normalize_network=args.normalize_network, seed=args.seed,
+                               loss_units=args.loss_units, balance=args.balance)
+
+
+def _recorded_factor(tile_path):
+    """The balance factor a reused tile was made with, from its settings file."""
+    try:
+        return json.loads(tile_path.with_suffix(".json").read_text()).get("balance_factor")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def parse_ratios(text):
@@ -191,6 +210,7 @@ def render(args, network, content, style_images, tiles, grid):
             reused = _finished_tile(path)
             if reused is not None:
                 results[tile.name] = reused
+                records[-1]["balance_factor"] = _recorded_factor(path)
                 print(f"tile {number}/{len(todo)} {tile.name}: reusing {path}", file=sys.stderr)
                 continue
             bar = progress.Bar(unit="iteration")
@@ -216,6 +236,7 @@ def render(args, network, content, style_images, tiles, grid):
                 raise UserError(f"the loss of tile {tile.name} stopped being finite, so it is not kept; "
                                 f"try --optimizer adam, fewer --iterations or other ratios")
             images.save_image(path, result.image)
+            record = records[-1] = {**records[-1], "balance_factor": result.balance}
             files.write_json(path.with_suffix(".json"), record)  # last: the tile is finished
             files.remove(partial)
             results[tile.name] = result.image

@@ -1,8 +1,19 @@
 """The losses of Gatys et al. (2015, 2016) and of Johnson et al. (2016), on VGG feature maps.
 
-Feature maps are [batch, height, width, channels]; a target broadcasts over the batch. Gatys et al.:
-    content  Lc  = 1/2 sum (F - P)^2
-    style    E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2,  G = F^T F (unnormalised), N_l channels, M_l positions
+Feature maps are [batch, height, width, channels]; a target broadcasts over the batch. N_l is a
+layer's channels, M_l its positions (height x width), G = F^T F the unnormalised Gram matrix and A
+the style image's, at the M_l positions it is compared with. Gatys et al.'s losses come in unit
+systems (`UNITS`, chosen by `stylize.Settings.loss_units`), which differ by size-dependent constants,
+so that the same alpha/beta means a different balance in each:
+    "printed"  the paper's formulas as printed (and the course write-up's):
+               content  Lc  = 1/2 sum (F - P)^2
+               style    E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2
+    "authors"  the authors' implementation, which averages instead of summing:
+               content  Lc  = mean over the N M elements of (F - P)^2 = 1/(N M) sum (F - P)^2
+               style    E_l = mean over the N^2 entries of (G/M - A/M)^2 = 1/(N^2 M^2) sum (G - A)^2
+In "printed" units the content term grows with the image (N M) and the style term does not, so the
+balance point of alpha/beta falls as 1/(H W); in "authors" units it stays put. Both use the summed
+TV loss below. A unit system is one `Units` entry: add one to add a formula set.
 Johnson et al. normalise each layer by its size C*H*W instead:
     content  ||F - P||^2 / (C H W),  style ||G/(C H W) - A||^2 (A computed the same way).
 
@@ -101,14 +112,27 @@ def tutorial_total_variation_loss(images):
 @dataclass(frozen=True)
 class Units:
     """One source's loss formulas. `style(features, target_gram, input_positions)` gets the target's
-    unnormalised Gram matrix at the output's positions and the input image's H*W."""
+    unnormalised Gram matrix at the output's positions and the input image's H*W.
+
+    `reference_balance` is the alpha/beta that balances the content and style gradients at white
+    noise on the reference network, in these units: `--balance auto` rescales beta so that the
+    user's alpha/beta stands in the same relation to the network's own balance point (stylize.py).
+    None: no reference is known, and --balance needs a number.
+    """
     content: Callable
     style: Callable
     tv: Callable
+    reference_balance: float | None = None
 
 
 UNITS = {
-    "printed": Units(content_loss, lambda features, gram, _: style_loss(features, gram), total_variation_loss),
+    # reference 5e-2: the write-up's own alpha/beta (5/100), so `fast` balances at its weights.
+    "printed": Units(content_loss, lambda features, gram, _: style_loss(features, gram), total_variation_loss,
+                     5e-2),
+    # The authors' means (mean over the N M elements; over the N^2 entries of (G/M - A/M)^2); reference
+    # 1e-3: the paper's Fig. 2 ratio on its normalised VGG19 (docs/neural_style.md, "Balance").
+    "authors": Units(mean_content_loss, lambda features, gram, _: mean_style_loss(features, gram),
+                     total_variation_loss, 1e-3),
     "keras": Units(keras_content_loss, keras_style_loss, keras_total_variation_loss),
     "tf-tutorial": Units(mean_content_loss, lambda features, gram, _: mean_style_loss(features, gram),
                          tutorial_total_variation_loss),
@@ -118,3 +142,4 @@ UNITS = {
 def _size(features):
     shape = tf.shape(features)
     return tf.cast(shape[1] * shape[2] * shape[3], features.dtype)
+

@@ -8,17 +8,22 @@ TensorFlow tutorial) and fast (everyday use); every option below overrides its p
 output of conv4_2 after its ReLU.
 """
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
+import platform
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import cli
 import files
 import progress
 from errors import UserError
 from presets import (COLOR_CONTROLS, IMAGE_SIZING, INITS, OPTIMIZERS, POOLINGS, PRECISIONS, PRESETS,
-                     parse_layers, parse_scales, settings_for_preset)
+                     balance_value, parse_layers, parse_scales, settings_for_preset)
 
 def parse_args(argv):
     return build_parser().parse_args(argv)
@@ -60,9 +65,6 @@ def build_parser():
                       help="the write-up's code to the letter, mistakes included (double mean subtraction "
                       "with BGR, style stretched to the content's size, native size, truncation, a JPEG "
                       "every 100 iterations); only with --preset writeup")
-    loss.add_argument("--loss-units", choices=("printed", "keras", "tf-tutorial"),
-                      help="whose loss formulas: the paper's as printed (writeup, gatys2016, fast), the "
-                      "Keras example's or the TF tutorial's (see docs/neural_style.md)")
     loss.add_argument("--network", type=Path, help="the MatConvNet VGG .mat file (default: "
                       "weights/imagenet-vgg-verydeep-19.mat, downloaded on first use)")
     loss.add_argument("--normalize-network", action=argparse.BooleanOptionalAction,
@@ -75,6 +77,12 @@ def build_parser():
     loss.add_argument("--style-weight", type=cli.nonnegative_float, help="beta")
     loss.add_argument("--tv-weight", type=cli.nonnegative_float, help="total variation weight")
     loss.add_argument("--pooling", choices=POOLINGS, help="replace max pooling by average pooling")
+    loss.add_argument("--loss-units", choices=("printed", "authors", "keras", "tf-tutorial"),
+                      help="whose loss formulas: the paper's printed sums (writeup, fast), the authors' "
+                      "means, in which alpha/beta means the same at every size (gatys2016), the Keras "
+                      "example's or the TF tutorial's (see docs/neural_style.md)")
+    loss.add_argument("--balance", type=balance_value, help="auto: rescale beta so that alpha/beta "
+                      "balances the gradients as on the paper's network (fast); off; or the factor")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=OPTIMIZERS)
     opt.add_argument("--iterations", type=cli.positive_int, help="Adam steps, or L-BFGS loss evaluations")
@@ -97,7 +105,11 @@ def build_parser():
                      "fraction:iterations, ending with 1, e.g. 0.25:150,0.5:100,1")
     opt.add_argument("--precision", choices=PRECISIONS,
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
-                     "with native bfloat16, float16 on a GPU, else float32")
+                     "with native bfloat16, bfloat16 on a GPU of compute capability >= 8, float16 on older GPUs, else "
+                     "float32")
+    opt.add_argument("--lbfgs-impl", choices=("scipy", "tf"), default="scipy",
+                     help="L-BFGS implementation: scipy's L-BFGS-B on the host, or lbfgs.py on the device "
+                     "(experimental; see docs/speed.md)")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")
@@ -143,6 +155,7 @@ def settings_from(args):
     settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
                                    style_scale=args.style_scale, seed=args.seed, color_control=color_control,
                                    style_layer_sets=layer_sets, recompute=recompute,
+                                   lbfgs_impl=args.lbfgs_impl,
                                    writeup_exact=args.writeup_exact or None)
     return settings, max_size
 
@@ -278,6 +291,10 @@ def run(args):
     from stylize import check_inputs, stylize
     settings, max_size = settings_from(args)
     check_paths(args)
+    if args.progress_file and args.progress_file.with_suffix(".json").resolve() == \
+            args.output.with_suffix(".json").resolve() and args.progress_file.suffix == ".json":
+        raise UserError(f"--progress-file {args.progress_file} is where the run's record goes "
+                        f"({args.output.with_suffix('.json')}); choose another name, e.g. a .jsonl")
     content, styles = load_inputs(args, max_size)
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
     masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None
@@ -296,6 +313,8 @@ def run(args):
                             "check the loss weights and --learning-rate (a weight that is too large "
                             "overflows float32) or try --precision float32")
         saved, failure = images.save_result(args.output, result.image, overwrite=args.overwrite)
+    if failure is None:
+        write_record(args, settings, network, result, saved)
     if failure is None and saved != args.output:
         print(f"{args.output} appeared during the run, so the result went to {saved}", file=sys.stderr)
     if result.status == "diverged":
@@ -311,6 +330,32 @@ def run(args):
         return 1  # the warning named where the finished image went
     print(f"saved {saved}")
     return 0
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_record(args, settings, network, result, saved):
+    """OUTPUT.json beside the result: every option, the settings, the inputs' and the network's
+    SHA-256, the versions, the loss units and the balance factor; written atomically."""
+    import tensorflow
+    inputs = {"content": args.content, "style": args.style, "init_image": args.init_image,
+              "style_mask": args.style_mask}
+    hashes = {name: ([file_sha256(p) for p in value] if isinstance(value, list) else file_sha256(value))
+              for name, value in inputs.items() if value}
+    record = {"options": {k: v for k, v in vars(args).items()},
+              "settings": dataclasses.asdict(settings), "loss_units": settings.loss_units,
+              "balance": settings.balance, "balance_factor": result.balance,
+              "status": result.status, "iterations": result.iterations,
+              "sha256": hashes, "network": network.path, "network_sha256": network.sha256,
+              "versions": {"python": platform.python_version(), "tensorflow": tensorflow.__version__,
+                           "numpy": np.__version__}}
+    return files.write_json(Path(saved).with_suffix(".json"), record)
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ command line, `figures.py`, the benchmark and `stylize.Settings`' own defaults (
 read them from here, so a value is stated once. Layer names are the .mat file's own: relu4_2 is the
 output of conv4_2 after its ReLU.
 """
+import argparse
 import math
 
 from errors import UserError
@@ -42,6 +43,19 @@ def parse_layers(spec, option, style):
     return layers
 
 
+def balance_value(text):
+    """--balance: auto, off or a positive finite factor (an argparse type)."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not auto, off or a positive number")
+    return value
+
+
 def parse_scales(spec):
     """'0.25:300,0.5,1' -> ((0.25, 300), (0.5, None), (1.0, None)); None means --iterations."""
     scales = []
@@ -68,6 +82,7 @@ PRESETS = {
         "optimizer": "adam", "learning_rate": 2.0, "iterations": 3000, "scales": ((1.0, None),),
         "init": "blend", "noise_ratio": 0.75, "pooling": "avg", "max_size": 512,
         "precision": "float32", "normalize_network": False,
+        "loss_units": "printed", "balance": "off",
     },
     # Gatys, Ecker & Bethge, CVPR 2016.
     "gatys2016": {
@@ -77,6 +92,8 @@ PRESETS = {
         "optimizer": "lbfgs", "learning_rate": 2.0, "iterations": 1000, "scales": ((1.0, None),),
         "init": "noise", "noise_ratio": 1.0, "pooling": "avg", "max_size": 512,
         "precision": "float32", "normalize_network": True,
+        # The authors' means: alpha/beta then means the same at every output size.
+        "loss_units": "authors", "balance": "off",
     },
 }
 # keras/examples/neural_style_transfer.py, VGG19 version (see docs/neural_style.md, "keras").
@@ -106,7 +123,10 @@ PRESETS["tf-tutorial"] = {
 # The everyday recipe: the write-up's objective, reached as fast as this project can. Measured
 # (docs/speed.md): L-BFGS at one scale beat Adam and coarse-to-fine scales, and bfloat16 (where the
 # CPU has it) with a float32 finish beat float32 alone.
-PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=600, precision="auto")
+# It balances its weights on the network at hand (docs/neural_style.md, "Balance"), so that the quick
+# start gives a styled picture at any size and with any VGG.
+PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=600, precision="auto",
+                       balance="auto")
 
 
 def settings_for_preset(name, **overrides):

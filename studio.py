@@ -146,8 +146,9 @@ def load_run_inputs(args, settings, max_size):
     """The content and styles as neural_style.py loads them, checked as it checks them before it
     loads the network."""
     import neural_style
+    import stylize
     content, styles = neural_style.load_inputs(args, max_size)
-    neural_style.check_inputs(settings, content, styles)
+    stylize.check_inputs(settings, content, styles)
     return content, styles
 
 

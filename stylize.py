@@ -6,12 +6,15 @@ saves checkpoints and can stop the run. The result is always an image: the last 
 or interruption, the last finite one if the loss stops being finite.
 """
 import copy
+import hashlib
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.optimize
 
+import files
 import images
 import losses
 import presets
@@ -21,7 +24,9 @@ from errors import UserError
 from quiet_tf import tf
 from vgg import VGG, resolve_precision
 
+LBFGS_IMPLS = ("tf", "scipy")  # lbfgs.py on the device, or scipy's L-BFGS-B on the host
 LOSS_UNITS = tuple(losses.UNITS)
+BALANCES = ("auto", "off")  # or a positive number: the factor itself
 
 
 def _writeup(name):
@@ -42,6 +47,7 @@ class Settings:
     style_scale: float = 1.0  # style long side relative to the output's
     optimizer: str = _writeup("optimizer")
     learning_rate: float = _writeup("learning_rate")
+    lbfgs_impl: str = "scipy"  # one of LBFGS_IMPLS; "tf" (lbfgs.py) is opt-in until it matches scipy
     iterations: int = _writeup("iterations")
     init: str = _writeup("init")
     noise_ratio: float = _writeup("noise_ratio")
@@ -53,7 +59,8 @@ class Settings:
     scales: tuple = _writeup("scales")  # (fraction of the output size, iterations or None: `iterations`)
     recompute: object = "auto"  # True, False, or "auto": when activations would not fit in memory
     normalize_network: bool = _writeup("normalize_network")  # Gatys et al.'s rescaled weights (vgg.normalize)
-    loss_units: str = "printed"  # whose loss formulas (losses.UNITS): the paper's as printed, or a source's
+    loss_units: str = _writeup("loss_units")  # a key of losses.UNITS: the paper's printed sums, the authors' means, a source's
+    balance: object = _writeup("balance")  # "off", "auto" (calibrate beta; resolve_balance) or the factor
     adam_beta1: float = 0.9
     adam_epsilon: float = 1e-8  # TF1/Keras epsilon, outside the square root
     lbfgs_round: int | None = None  # L-BFGS evaluations before its history is dropped (Keras: 20); None: never
@@ -84,10 +91,12 @@ class Result:
     image: np.ndarray
     iterations: int  # the iteration the image belongs to
     status: str  # "done", "interrupted" or "diverged"
+    balance: float = 1.0  # the factor beta was multiplied by (settings.balance resolved)
 
 
 class Objective:
-    """alpha * content + beta * style + tv_weight * TV of an image, against fixed targets.
+    """alpha * content + balance * beta * style + tv_weight * TV of an image, against fixed targets,
+    in the unit system `settings.loss_units` (losses.UNITS).
 
     Each style image has a blend weight, optionally its own subset of the style layers (scale
     control: the fine layers of one style with the coarse layers of another) and optionally a mask
@@ -95,12 +104,12 @@ class Objective:
     features). At each layer, the blend weights of the styles that use it are normalised to sum 1.
     """
 
-    def __init__(self, vgg, content, styles, blend_weights, settings, masks=None):
+    def __init__(self, vgg, content, styles, blend_weights, settings, masks=None, balance=1.0):
         self.vgg = vgg
-        self.content_layers = settings.content_layers
         self.units = losses.UNITS[settings.loss_units]
-        self.weights = tf.constant([settings.content_weight, settings.style_weight, settings.tv_weight],
-                                   tf.float32)
+        self.content_layers = settings.content_layers
+        self.settings = settings
+        self.set_balance(balance)
         features = vgg(content[np.newaxis])
         self.content_targets = {name: features[name] for name in self.content_layers}
         layer_sets = settings.style_layer_sets or [list(settings.style_layers)] * len(styles)
@@ -122,6 +131,21 @@ class Objective:
                 style = style_features[i][name]
                 gram = losses.gram_matrix(style) * (compared / int(np.prod(style.shape[1:3])))
                 self.style_terms.append((name, weight * blend_weights[i] / share, gram, mask))
+
+    def set_balance(self, balance):
+        """Multiply beta by `balance` from now on (before the loss is first compiled)."""
+        settings = self.settings
+        self.weights = tf.constant([settings.content_weight, balance * settings.style_weight,
+                                    settings.tv_weight], tf.float32)
+
+    def gradient_norms(self, image):
+        """|grad Lc| and |grad Ls| at a [H, W, 3] image (the terms before alpha and beta)."""
+        x = tf.constant(np.asarray(image, np.float32)[np.newaxis])
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            terms = self.terms(x)
+            content, style = terms[0], terms[1]
+        return float(tf.norm(tape.gradient(content, x))), float(tf.norm(tape.gradient(style, x)))
 
     def terms(self, image):
         """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
@@ -215,15 +239,22 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             _check_size(f"style image {j + 1}" if len(styles) > 1 else "style image", style, net)
         scaled_masks = masks and [None if mask is None else images.resize_mask(mask, height, width)
                                   for mask in masks]
-        objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+        if image is None:
+            start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
+            make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+            # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from:
+            # from the content the content gradient is 0, and every start shares one objective.
+            noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
+                                          scaled_styles[0], network.mean_pixel), 0.0, 255.0)
+            balance = resolve_balance(settings, lambda: make(net_for("float32", height, width)),
+                                      network, noise, scaled_content, scaled_styles, scaled_masks)
+        else:
+            start = images.resize(image, height, width)
+        objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks, balance)
         exact = None
         if reduced and settings.optimizer == "lbfgs":
             exact = lambda: Objective(net_for("float32", height, width), scaled_content, scaled_styles,
-                                      blend, settings, scaled_masks)
-        if image is None:
-            start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
-        else:
-            start = images.resize(image, height, width)
+                                      blend, settings, scaled_masks, balance)
         colours = images.resize(original_content, height, width)
         finish = (lambda x, colours=colours: images.with_colors_of(x, colours)) \
             if settings.color_control == "luminance" else (lambda x: x)
@@ -237,12 +268,83 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         if settings.optimizer == "adam":
             reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
-            reached, done, status = _lbfgs(objective, start, steps, report, exact, clip, settings.lbfgs_round)
+            if settings.lbfgs_impl == "tf":  # lbfgs.py: always within 0..255 (its bounds)
+                reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+            else:
+                reached, done, status = _lbfgs(objective, start, steps, report, exact, clip,
+                                               settings.lbfgs_round)
         # None: not finite from the first evaluation; a later scale keeps the earlier scale's image.
         image = reached if reached is not None else (None if i == 0 else start)
         if status != "done":
             break
-    return Result(None if image is None else report.finish(image), report.iteration_of(done), status)
+    return Result(None if image is None else report.finish(image), report.iteration_of(done), status,
+                  balance)
+
+
+def resolve_balance(settings, objective, network, start, content, styles, masks):
+    """The factor beta is multiplied by: 1 ("off"), the given number, or ("auto") the calibration
+
+        factor = reference_balance * |grad Lc| / |grad Ls|   at `start` (white noise),
+
+    so that alpha/beta balances the content and style gradients there as it did on the reference
+    network (alpha/beta = reference_balance: equal gradients). `objective()` builds the float32
+    objective; the factor is cached beside the network, keyed by everything it depends on.
+    """
+    if settings.balance == "off":
+        return 1.0
+    if settings.balance != "auto":
+        return float(settings.balance)
+    digest = hashlib.sha256()
+    for array in [start, content, *styles, *(m for m in masks or () if m is not None)]:
+        digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+    key = json.dumps({"network_sha256": network.sha256, "normalization": network.normalization,
+                      "loss_units": settings.loss_units, "pooling": settings.pooling,
+                      "content_layers": settings.content_layers, "style_layers": settings.style_layers,
+                      "style_layer_sets": settings.style_layer_sets,
+                      "blend": settings.style_blend_weights, "images": digest.hexdigest(),
+                      "format": 1}, sort_keys=True)
+    key = hashlib.sha256(key.encode()).hexdigest()
+    reference = losses.UNITS[settings.loss_units].reference_balance
+    if reference is None:
+        raise UserError(f"--balance auto has no reference balance for the {settings.loss_units} loss units; "
+                        f"give --balance a number or use --loss-units authors or printed")
+    cache = _balance_cache(network)
+    if key in cache:
+        return cache[key]
+    content_norm, style_norm = objective().gradient_norms(start)
+    if not (np.isfinite(content_norm) and np.isfinite(style_norm)) or style_norm <= 0 or content_norm <= 0:
+        raise UserError(f"--balance auto cannot calibrate: at white noise the content gradient is "
+                        f"{content_norm:g} and the style gradient {style_norm:g}; give --balance a number")
+    factor = reference * content_norm / style_norm
+    _save_balance_cache(network, dict(list(cache.items())[-(BALANCE_CACHE_SIZE - 1):], **{key: factor}))
+    return factor
+
+
+BALANCE_CACHE_SIZE = 200  # factors kept per network (runs without --seed make a new one each)
+
+
+def _balance_path(network):
+    folder = vgg._cache_folder(vgg.Path(network.path))
+    return folder / "balance.json" if folder else None
+
+
+def _balance_cache(network):
+    path = _balance_path(network)
+    try:
+        cache = json.loads(path.read_text()) if path and path.exists() else {}
+        return {k: float(v) for k, v in cache.items()} if isinstance(cache, dict) else {}
+    except (OSError, ValueError, TypeError):  # unreadable: measure again
+        return {}
+
+
+def _save_balance_cache(network, cache):
+    """Atomically, best effort: a run goes on without the cache where it cannot be written."""
+    path = _balance_path(network)
+    if path is not None:
+        try:
+            files.write_text(path, json.dumps(cache))
+        except OSError:
+            pass
 
 
 class _Reporter:
@@ -385,6 +487,56 @@ class _HandOver(Exception):
     """Raised inside the L-BFGS objective when a reduced-precision loss overflows."""
 
 
+def _lbfgs_tf(objective, start, iterations, report, exact=None):
+    """lbfgs.py's L-BFGS on the device, with _lbfgs's contract: an iteration is one evaluation, the
+    best image is returned, and in reduced precision `exact()` takes over in float32 once the line
+    search stalls (rounding noise) or the loss overflows. In float32 a stall restarts from the best
+    image with a fresh history while that still makes progress."""
+    import lbfgs
+    shape = (1,) + start.shape
+
+    def optimiser(objective, x):
+        def evaluate(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                terms = objective.terms(x)
+                total = objective.total(terms)
+            return total, tape.gradient(total, x), terms
+        return lbfgs.LBFGS(evaluate, x, 0.0, 255.0)
+
+    optimizer = optimiser(objective, start.reshape(shape))
+    iteration, status, best_at_stall = -1, "done", np.inf
+    best_iteration, best_loss = 0, np.inf
+    try:
+        while iteration < iterations:
+            total, terms, event = optimizer.step()
+            total = float(total)
+            if not np.isfinite(total):
+                if exact is not None:
+                    optimizer = optimiser(exact(), optimizer.best.value())
+                    exact, best_loss = None, np.inf
+                    continue
+                status = "diverged"
+                break
+            iteration += 1
+            if total < best_loss:
+                best_loss, best_iteration = total, iteration
+            trial = optimizer.trial
+            if not report(iteration, terms.numpy(), total, lambda: trial.numpy()[0]):
+                status = "interrupted"
+                break
+            if int(event) == lbfgs.STALLED:
+                if exact is not None:  # rounding noise: float32 goes on from the best image
+                    optimizer = optimiser(exact(), optimizer.best.value())
+                    exact, best_loss = None, np.inf
+                elif best_loss >= best_at_stall:
+                    break
+                best_at_stall = best_loss
+    except KeyboardInterrupt:
+        status = "interrupted"
+    return optimizer.best.numpy()[0], best_iteration, status
+
+
 def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_length=None):
     """scipy's L-BFGS-B, as the Keras example; an iteration is one loss-and-gradient evaluation. The
     image is bounded to 0..255 if `clip`; with a `round_length`, each run of scipy's optimiser gets
@@ -429,7 +581,13 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
                       lambda: x.reshape(start.shape).astype(np.float32)):
             state["status"] = "interrupted"
             raise _Stop
-        return total, gradient.numpy().astype(np.float64).ravel()
+        # With bounds, scipy's L-BFGS-B takes a first step of exactly -gradient: where that moves no
+        # pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line search
+        # fails at once. Hand it the loss scaled so that the first step moves the steepest pixel by
+        # one level (the same minimum); a loss of ordinary scale is left as it is.
+        gradient = gradient.numpy().astype(np.float64).ravel()
+        scale = state.setdefault("scale", max(1.0, 1.0 / max(float(np.abs(gradient).max()), 1e-30)))
+        return total * scale, gradient * scale
 
     try:
         # scipy also ends when a line search finds no decrease: start again from the best image with
@@ -483,6 +641,9 @@ def check_inputs(settings, content, styles, init_image=None, masks=None):
 def _check_settings(settings, style_count):
     if settings.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not '{settings.optimizer}'")
+    if settings.lbfgs_impl not in LBFGS_IMPLS:
+        raise UserError(f"L-BFGS implementation must be one of {', '.join(LBFGS_IMPLS)}, not "
+                        f"'{settings.lbfgs_impl}'")
     if settings.init not in INITS:
         raise UserError(f"init must be one of {', '.join(INITS)}, not '{settings.init}'")
     if style_count < 1:
@@ -521,6 +682,10 @@ def _check_settings(settings, style_count):
         raise UserError(f"Adam's epsilon must be positive and finite, not {settings.adam_epsilon}")
     if settings.lbfgs_round is not None and settings.lbfgs_round < 1:
         raise UserError(f"L-BFGS round must be a positive number of evaluations, not {settings.lbfgs_round}")
+    balance = settings.balance
+    if balance not in BALANCES and not (isinstance(balance, (int, float)) and np.isfinite(balance)
+                                        and balance > 0):
+        raise UserError(f"balance must be auto, off or a positive number, not '{balance}'")
     if not settings.content_layers or not settings.style_layers:
         raise UserError("give at least one content layer and one style layer")
     if settings.color_control not in COLOR_CONTROLS:

@@ -423,14 +423,25 @@ def _write_scales(cache, key, scales):
 
 def resolve_precision(precision):
     """The dtype the network computes in. `auto` takes a reduced precision where the hardware runs
-    it fast: float16 on a GPU, bfloat16 on a CPU with native bfloat16 instructions, else float32."""
+    it fast: bfloat16 on a GPU of compute capability 8 or more (its range is float32's, so nothing
+    overflows), float16 on older GPUs, bfloat16 on a CPU with native bfloat16 instructions, else
+    float32. (float16 overflow is caught by L-BFGS's hand-over to float32; Adam has no loss scaling.)"""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
     if precision != "auto":
         return precision
-    if tf.config.list_physical_devices("GPU"):
-        return "float16"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return "bfloat16" if all(_compute_capability(gpu) >= (8, 0) for gpu in gpus) else "float16"
     return "bfloat16" if _cpu_has_bf16() else "float32"
+
+
+def _compute_capability(gpu):
+    """(major, minor) of a CUDA GPU; (0, 0) where TensorFlow does not say (then float16 is chosen)."""
+    try:
+        return tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
+    except (ValueError, TypeError, AttributeError):
+        return (0, 0)
 
 
 def _cpu_has_bf16():

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 import images
+import stylize
+import vgg
 from conftest import STYLE_A, STYLE_B, smooth_image
+from quiet_tf import tf
 
 
 # ---- figures.py ----------------------------------------------------------------------------
@@ -44,6 +47,12 @@ def test_figure2_grid_tiles_settings_and_reuse(figure_inputs, tmp_path, monkeypa
     assert len(tiles) == 2 and all(t.with_suffix(".json").exists() for t in tiles)
     record = json.loads(tiles[0].with_suffix(".json").read_text())
     assert record["settings"]["iterations"] == 2 and record["settings"]["style_weight"] == 1.0
+    # The tile says in which units and with which calibration it was made.
+    assert record["settings"]["loss_units"] == "authors" and record["settings"]["balance"] == "auto"
+    assert record["balance_factor"] > 0 and record["balance_factor"] != 1.0
+    assert all(c.loss_units == "authors" and c.balance == "auto" for c in calls)
+    figure = json.loads((out / "figure2.json").read_text())
+    assert all(t["balance_factor"] > 0 for t in figure["tiles"])
     grid = images.load_image(out / "figure2.png")
     assert grid.shape[1] > 3 * 32  # content and two results side by side
     assert len(json.loads((out / "figure2.json").read_text())["tiles"]) == 2
@@ -122,3 +131,24 @@ def test_real_network_renders_a_small_figure3(real_network_path, tmp_path):
         path = next(t for t in tiles if t.name.startswith(f"relu1_1+relu2_1+relu3_1+relu4_1+relu5_1_{ratio}_"))
         return np.abs(images.load_image(path) - images.load_image(content)).mean()
     assert distance("0.0001") > distance("0.01")
+
+
+def test_a_real_figure2_tile_at_its_defaults_is_styled(real_network_path):
+    """With real weights: the default tile moves well towards the painting's style while staying
+    much nearer the photo than white noise is."""
+    from pathlib import Path as _Path
+    net = vgg.load(real_network_path)
+    content = images.fit_long_side(images.load_image(_Path(figures.__file__).parent / "examples" / "chelsea.jpg"), 96)
+    style = images.load_image(_Path(figures.__file__).parent / "examples" / "swirls.jpg")
+    args = figures.parse_args(["figure2", "--content", "c.png", "--style", "s.png", "--out", "o",
+                               "--iterations", "100"])
+    settings = figures._with_ratio(figures.base_settings(args), args.ratio)
+    result = stylize.stylize(net, content, [style], settings)
+    normalised = vgg.normalize(net, *images.sample_photos(), pooling=settings.pooling)
+    layers = list(settings.content_layers) + list(settings.style_layers)
+    objective = stylize.Objective(vgg.VGG(normalised, layers), content, [style], np.array([1.0]), settings)
+    terms = lambda image: objective.terms(tf.constant(image[np.newaxis], tf.float32)).numpy()
+    noise = np.clip(stylize.initial_image(settings, content, style, net.mean_pixel), 0, 255)
+    out, photo, start = terms(result.image), terms(content), terms(noise)
+    assert out[1] < 0.6 * photo[1]  # style loss well below the photo's (measured: 0.49x)
+    assert out[0] < 0.3 * start[0]  # content loss well below white noise's

@@ -117,3 +117,21 @@ def test_printed_units_are_the_papers_formulas():
     assert float(units.content(F, P)) == pytest.approx(float(losses.content_loss(F, P)))
     assert float(units.style(F, a, tf.constant(999))) == pytest.approx(float(losses.style_loss(F, a)))
     assert units.tv is losses.total_variation_loss
+
+
+# ---- the unit systems (issue 12) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("height, width", [(3, 4), (6, 8)])
+def test_unit_systems_against_numpy(height, width):
+    f = rng.standard_normal((1, height, width, 5)).astype(np.float32)
+    p = rng.standard_normal((1, height, width, 5)).astype(np.float32)
+    n, m = 5, height * width
+    g, a = gram_by_hand(f), gram_by_hand(p)
+    diff = f.astype(np.float64) - p
+    printed, authors = losses.UNITS["printed"], losses.UNITS["authors"]
+    assert float(printed.content(f, p)) == pytest.approx(0.5 * np.sum(diff ** 2), rel=1e-5)
+    assert float(authors.content(f, p)) == pytest.approx(np.mean(diff ** 2), rel=1e-5)
+    target = a[np.newaxis].astype(np.float32)
+    assert float(printed.style(f, target, None)) == pytest.approx(np.sum((g - a) ** 2) / (4 * n ** 2 * m ** 2),
+                                                            rel=1e-4)
+    assert float(authors.style(f, target, None)) == pytest.approx(np.mean((g / m - a / m) ** 2), rel=1e-4)

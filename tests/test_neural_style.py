@@ -303,3 +303,33 @@ def test_cli_runs_every_control(tiny_mat, tmp_path):
     assert neural_style.main(common + ["--style", str(style_a), "--normalize-network",
                                        "--output", str(tmp_path / "norm.png")]) == 0
     assert images.load_image(tmp_path / "mask.png").shape == (32, 40, 3)
+
+
+def test_every_run_writes_its_record_with_the_hashes(base, tmp_path, tiny_mat, image_files):
+    out = tmp_path / "out.png"
+    assert cli(*base, "--output", out, "--seed", 1, "--loss-units", "authors", "--balance", "3") == 0
+    record = json.loads((tmp_path / "out.json").read_text())
+    content, style = image_files
+    assert record["sha256"]["content"] == neural_style.file_sha256(content)
+    assert record["sha256"]["style"] == [neural_style.file_sha256(style)]
+    assert record["network_sha256"] == vgg.load(tiny_mat).sha256 and len(record["network_sha256"]) == 64
+    assert record["loss_units"] == "authors" and record["balance_factor"] == 3.0
+    assert record["options"]["seed"] == 1 and record["settings"]["loss_units"] == "authors"
+    assert {"python", "tensorflow", "numpy"} <= set(record["versions"])
+
+
+def test_fast_preset_balances_and_the_reproductions_keep_their_weights():
+    from presets import PRESETS
+    assert PRESETS["fast"]["balance"] == "auto"
+    assert PRESETS["gatys2016"]["balance"] == "off" and PRESETS["gatys2016"]["loss_units"] == "authors"
+    assert PRESETS["writeup"]["balance"] == "off" and PRESETS["writeup"]["loss_units"] == "printed"
+
+
+@pytest.mark.parametrize("value", ["-2", "nan", "inf", "maybe"])
+def test_bad_balance_is_refused_before_the_run(base, tmp_path, value, capsys):
+    try:
+        code = cli(*base, "--output", tmp_path / "o.png", "--balance", value)
+    except SystemExit as stop:
+        code = stop.code
+    assert code not in (0, None) and not (tmp_path / "o.png").exists()
+    assert "--balance" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import images
+import losses
+import presets
 import stylize
 import vgg
 from conftest import STYLE_A, STYLE_B, smooth_image, stripes_image
@@ -34,9 +36,9 @@ def run(network, monitor=None, styles=(STYLE,), **changes):
     return result, seen
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_optimisers_lower_the_loss_and_report_every_iteration(tiny_network, optimizer):
-    result, seen = run(tiny_network, optimizer=optimizer, learning_rate=5.0)
+@pytest.mark.parametrize("optimizer,impl", [("adam", "tf"), ("lbfgs", "tf"), ("lbfgs", "scipy")])
+def test_optimisers_lower_the_loss_and_report_every_iteration(tiny_network, optimizer, impl):
+    result, seen = run(tiny_network, optimizer=optimizer, learning_rate=5.0, lbfgs_impl=impl)
     assert result.status == "done"
     assert [p.iteration for p in seen] == list(range(13))  # iteration 0 is the initial image
     assert seen[-1].total_loss < 0.5 * seen[0].total_loss
@@ -177,6 +179,11 @@ def test_image_too_small_for_the_deepest_layer(tiny_network):
         stylize.stylize(tiny_network, CONTENT, [STYLE], settings(style_scale=0.2))
 
 
+def test_unknown_lbfgs_implementation_is_a_user_error(tiny_network):
+    with pytest.raises(UserError, match="L-BFGS implementation"):
+        run(tiny_network, optimizer="lbfgs", lbfgs_impl="cuda")
+
+
 # ---- speed levers ------------------------------------------------------------------------------
 
 def small_settings(**changes):
@@ -231,14 +238,15 @@ class Overflowing(Quadratic):
         return tf.where(terms[0] < 1e4, np.inf, terms)
 
 
-def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows():
+@pytest.mark.parametrize("run_lbfgs", [stylize._lbfgs_tf, stylize._lbfgs], ids=["tf", "scipy"])
+def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows(run_lbfgs):
     seen = []
     exact = Quadratic()
-    image, _, status = stylize._lbfgs(Overflowing(), START, 200, lambda i, *a: seen.append(i) or True,
+    image, _, status = run_lbfgs(Overflowing(), START, 200, lambda i, *a: seen.append(i) or True,
                                       exact=lambda: exact)
     assert status == "done" and exact.exact_loss(image) < 1.0
     assert seen == list(range(len(seen)))  # the overflowing evaluation is no iteration
-    without, _, status = stylize._lbfgs(Overflowing(), START, 200, lambda *a: True)
+    without, _, status = run_lbfgs(Overflowing(), START, 200, lambda *a: True)
     assert status == "diverged" and exact.exact_loss(without) >= 1e4
 
 
@@ -505,3 +513,67 @@ def test_mask_count_must_match_the_styles(tiny_network):
     with pytest.raises(UserError, match="1 style masks given for 2 style images"):
         stylize.stylize(tiny_network, CONTENT, [STYLE_A, STYLE_B], stylize.Settings(iterations=1),
                         masks=[np.ones((4, 4))])
+
+
+# ---- loss units and balance calibration (issue 12) --------------------------------------------
+
+
+
+def _objective_and_start(network, size, units, balance="off"):
+    settings = presets.settings_for_preset("gatys2016", loss_units=units, balance=balance,
+                                            normalize_network=False, seed=0)
+    content = smooth_image(*size)
+    style = stripes_image(*size)
+    net = stylize.VGG(network, list(settings.content_layers) + list(settings.style_layers))
+    objective = stylize.Objective(net, content, [style], np.array([1.0]), settings)
+    start = np.clip(stylize.initial_image(settings, content, style, network.mean_pixel), 0, 255)
+    return settings, objective, start, content, style
+
+
+def test_calibration_factor_is_the_reference_times_the_gradient_norm_ratio(tiny_network, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    settings, objective, start, content, style = _objective_and_start(tiny_network, (40, 48), "authors",
+                                                                      "auto")
+    content_norm, style_norm = objective.gradient_norms(start)
+    factor = stylize.resolve_balance(settings, lambda: objective, tiny_network, start, content, [style], None)
+    assert factor == pytest.approx(losses.UNITS["authors"].reference_balance * content_norm / style_norm,
+                                   rel=1e-4)
+    # Measured once: the second run reads it from the cache beside the network.
+    assert (tmp_path / "balance.json").exists()
+    boom = lambda: (_ for _ in ()).throw(AssertionError("measured again"))
+    assert stylize.resolve_balance(settings, boom, tiny_network, start, content, [style], None) == factor
+    assert stylize.resolve_balance(dataclasses.replace(settings, balance=2.5), boom, tiny_network,
+                                   start, content, [style], None) == 2.5
+
+
+def test_authors_units_keep_the_gradient_balance_across_sizes_and_printed_do_not(tiny_network):
+    def ratio(units, size):
+        _, objective, start, _, _ = _objective_and_start(tiny_network, size, units)
+        content_norm, style_norm = objective.gradient_norms(start)
+        return content_norm / style_norm
+    authors = ratio("authors", (64, 80)) / ratio("authors", (128, 160))
+    printed = ratio("printed", (64, 80)) / ratio("printed", (128, 160))
+    assert 1 / 1.5 < authors < 1.5
+    assert not 1 / 1.5 < printed < 1.5
+
+
+def test_a_balanced_run_reports_its_factor_and_weights_beta_by_it(tiny_network, tmp_path, monkeypatch):
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    settings = presets.settings_for_preset("gatys2016", balance="auto", normalize_network=False,
+                                            iterations=2, seed=0)
+    seen = []
+    result = stylize.stylize(tiny_network, smooth_image(40, 48), [stripes_image(40, 48)], settings,
+                             lambda p: seen.append(p) or True)
+    assert result.balance != 1.0 and np.isfinite(result.balance)
+    p = seen[0]
+    assert p.total_loss == pytest.approx(settings.content_weight * p.content_loss
+                                         + result.balance * settings.style_weight * p.style_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("field, value", [("loss_units", "metric"), ("balance", -1.0),
+                                          ("balance", float("nan")), ("balance", "sometimes")])
+def test_bad_units_or_balance_is_a_user_error(tiny_network, field, value):
+    settings = dataclasses.replace(stylize.Settings(), **{field: value})
+    with pytest.raises(UserError):
+        stylize.stylize(tiny_network, smooth_image(40, 48), [smooth_image(40, 48)], settings)

@@ -335,7 +335,10 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(vgg, "_cpu_has_bf16", lambda: True)
     assert vgg.resolve_precision("auto") == "bfloat16"
     monkeypatch.setattr(vgg.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
-    assert vgg.resolve_precision("auto") == "float16"
+    monkeypatch.setattr(vgg, "_compute_capability", lambda gpu: (7, 5))
+    assert vgg.resolve_precision("auto") == "float16"  # no fast bfloat16 before Ampere
+    monkeypatch.setattr(vgg, "_compute_capability", lambda gpu: (8, 0))
+    assert vgg.resolve_precision("auto") == "bfloat16"
     assert vgg.resolve_precision("float32") == "float32"
     with pytest.raises(UserError, match="precision must be one of"):
         vgg.resolve_precision("int8")
