@@ -216,7 +216,7 @@ class StudyResult:
 
 
 def run_study(out, study, network, resume=False, overwrite=False, checkpoint_every=500, preview_every=500,
-              print_every=100, stop=lambda: False, report=lambda line, keep: None):
+              print_every=100, stop=lambda: False, report=lambda step, steps, text, keep: None):
     """Train runs A and B (see the module docstring) for each seed into `out`, then measure them on
     the held-out digits and write the sheets; returns a StudyResult. Stops, saves and resumes as
     fast_train.train does.
@@ -249,7 +249,7 @@ def run_study(out, study, network, resume=False, overwrite=False, checkpoint_eve
     options = dict(checkpoint_every=checkpoint_every, preview_every=preview_every, print_every=print_every)
     for seed in study.seeds:
         runs = study.runs(seed)
-        shown = lambda run: lambda line, keep: report(f"seed {seed} {run} {line}", keep)
+        shown = lambda run: lambda step, steps, line, keep: report(step, steps, f"seed {seed} {run} {line}", keep)
         a, b = model_folder(out, seed, "A"), model_folder(out, seed, "B")
         if not (b / fast_train.SETTINGS_FILE).exists():  # the steps both runs share
             result = _train_shared(runs["A"], a, network, study.stage1_steps, options, stop, shown("A"))

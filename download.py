@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from errors import UserError
-from progress import LiveLine
+from progress import Bar
 
 CHUNK = 1 << 20  # bytes per read and per hash update
 TIMEOUT_S = 30  # per connect and per read, so a dead server cannot hang the run
@@ -109,39 +109,30 @@ def _retry(manual_hint):
 
 
 class _Progress:
-    """The download's status line: rewritten in place on a terminal; in a log, a line every 10%."""
+    """The download's progress.Bar, counting megabytes; in a log, a kept line every 10% (every
+    10 MB when the size is unknown) and the final count."""
 
-    def __init__(self, total, done, stream):
-        self.total, self.start = total, done
-        self.line = LiveLine(stream)
-        self.began = self.shown_at = time.monotonic()
-        self.done = self.shown = done  # bytes now, and at the last line shown
+    def __init__(self, total, done, stream=None):
+        self.total, self.start, self.began = total, done, time.monotonic()
+        self.bar = Bar(total / MB if total else None, "download", unit="MB", stream=stream, initial=done / MB)
+        self.done = self.kept = done  # bytes now, and at the last kept line
 
     def update(self, done):
-        self.done, now = done, time.monotonic()
-        if self.line.live:
-            due = now - self.shown_at >= 0.1
-        elif self.total:
-            due = done * 10 // self.total > self.shown * 10 // self.total
-        else:
-            due = now - self.shown_at >= 10
+        self.done = done
+        step = self.total / 10 if self.total else 10 * MB
+        due = not self.bar.live and done // step > self.kept // step
+        self.bar.update(done / MB, self._text(), keep=due)
         if due:
-            self._show(now)
+            self.kept = done
 
     def close(self):
-        """Show the final count if the last line lags behind it, and end the terminal line."""
-        if self.done != self.shown:
-            self._show(time.monotonic())
-        self.line.close()
+        if not self.bar.live and self.done != self.kept:
+            self.bar.keep(f"{self._text()}  {self.bar.timing()}")
+        self.bar.close()
 
-    def _show(self, now):
+    def _text(self):
         done = self.done
-        speed = (done - self.start) / MB / max(now - self.began, 1e-3)
-        if self.total:
-            left = (self.total - done) / MB / speed if speed else 0
-            text = (f"{100 * done / self.total:3.0f}%  {done / MB:.1f} / {self.total / MB:.1f} MB  "
-                    f"{speed:.1f} MB/s  ETA {int(left) // 60}:{int(left) % 60:02d}")
-        else:
-            text = f"{done / MB:.1f} MB  {speed:.1f} MB/s"
-        self.line.show(text, keep=not self.line.live)
-        self.shown, self.shown_at = done, now
+        speed = (done - self.start) / MB / max(time.monotonic() - self.began, 1e-3)
+        share = f"{100 * done / self.total:3.0f}%  {done / MB:.1f} / {self.total / MB:.1f} MB" if self.total \
+            else f"{done / MB:.1f} MB"
+        return f"{share}  {speed:.1f} MB/s"

@@ -165,7 +165,7 @@ def folder_outputs(source, output):
 
 
 def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
-                   report=lambda line: None):
+                   report=lambda done, total, text: None):
     """Stylize every image of a folder, equal sizes together in batches; returns (written, skipped)."""
     pairs = folder_outputs(source, output)
     existing = [str(target) for target in pairs.values() if target.exists()]
@@ -182,7 +182,7 @@ def stylize_folder(stylizer, source, output, batch_size=4, overwrite=False, pres
             target.parent.mkdir(parents=True, exist_ok=True)
             images.save_image(target, _restore_colors(result, image, preserve_colors))
             written += 1
-        report(f"{written + len(skipped)}/{len(pairs)} images")
+        report(written + len(skipped), len(pairs), f"{written + len(skipped)}/{len(pairs)} images")
 
     for path, target in pairs.items():
         try:
@@ -230,7 +230,7 @@ class TruncatedVideo(Exception):
 
 
 def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, preserve_colors=False,
-                  report=lambda line: None):
+                  report=lambda done, total, text: None):
     """Stylize a video frame by frame, keeping its frame rate and its sound; returns the frame count
     and the path written. The video is written beside `output` and renamed when complete, as images
     are (to a fallback name beside it when that rename fails)."""
@@ -265,7 +265,7 @@ def stylize_video(stylizer, source, output, batch_size=4, overwrite=False, prese
                 result = _restore_colors(result, frame, preserve_colors)
                 writer.send(np.clip(np.round(result), 0, 255).astype(np.uint8))
             count += len(batch)
-            report(f"frame {count}/{expected}")
+            report(count, expected if expected != "?" else None, f"frame {count}/{expected}")
 
         batch, broken = [], []
         for raw in _until_unreadable(frames, broken):

@@ -224,16 +224,16 @@ def run_train(args):
     network = vgg.load(settings.network)
     settings = settings.with_defaults(network)
     devices = args.devices.split(",") if args.devices else None
-    line = progress.LiveLine()
+    bar = progress.Bar(unit="step")
     with progress.graceful_interrupt() as stop_request:
         try:
             result = fast_train.train(settings, args.model, network, resume=args.resume,
                                        overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                                        preview_every=args.preview_every,
                                        print_every=args.print_every, devices=devices,
-                                       stop=lambda: bool(stop_request), report=line.show)
+                                       stop=lambda: bool(stop_request), report=bar.report)
         finally:
-            line.close()
+            bar.close()
     if result.unreadable:
         print(f"skipped {result.unreadable} unreadable image files in {settings.data}", file=sys.stderr)
     checkpoints = args.model / fast_train.CHECKPOINTS
@@ -272,26 +272,26 @@ def run_stylize(args):
         import images
         images.check_writable(output, args.overwrite)
     stylizer = fast_apply.Stylizer(args.model, args.precision)
-    line = progress.LiveLine()
+    bar = progress.Bar(unit="image")
     try:
         if source.is_dir():
             written, skipped = fast_apply.stylize_folder(
-                stylizer, source, output, args.batch_size, args.overwrite, args.preserve_colors, line.show)
-            line.close()
+                stylizer, source, output, args.batch_size, args.overwrite, args.preserve_colors, bar.report)
+            bar.close()
             for reason in skipped:
                 print(f"skipped: {reason}", file=sys.stderr)
             print(f"stylized {written} images into {output}")
         elif is_video:
             try:
                 count, written = fast_apply.stylize_video(stylizer, source, output, args.batch_size,
-                                                          args.overwrite, args.preserve_colors, line.show)
+                                                          args.overwrite, args.preserve_colors, bar.report)
             except fast_apply.TruncatedVideo as short:
-                line.close()
+                bar.close()
                 print(f"warning: {source} ended after {short.count} of the {short.expected} frames its "
                       f"header promises (a truncated file?); {short.path} holds those {short.count}",
                       file=sys.stderr)
                 return 1
-            line.close()
+            bar.close()
             if written != output:
                 return 1  # the warning said where the video went
             print(f"stylized {count} frames into {output}")
@@ -302,7 +302,7 @@ def run_stylize(args):
                 return 1  # the warning said where the image went
             print(f"saved {saved}")
     finally:
-        line.close()
+        bar.close()
     if stylizer.reduced:
         print("some images were too large for memory and were stylized at a reduced size",
               file=sys.stderr)
@@ -331,15 +331,15 @@ def run_study(args):
         study = digits.Study(settings, *stages, **shape)
     network = vgg.load(study.settings.network)
     study.settings = study.settings.with_defaults(network)
-    line = progress.LiveLine()
+    bar = progress.Bar(unit="step")
     with progress.graceful_interrupt() as stop_request:
         try:
             result = digits.run_study(args.out, study, network, resume=args.resume, overwrite=args.overwrite,
                                       checkpoint_every=args.checkpoint_every,
                                       preview_every=args.preview_every, print_every=args.print_every,
-                                      stop=lambda: bool(stop_request), report=line.show)
+                                      stop=lambda: bool(stop_request), report=bar.report)
         finally:
-            line.close()
+            bar.close()
     which = f"run {result.run} of seed {result.seed}"
     if result.status == "diverged":
         print(f"error: the loss of {which} stopped being finite at step {result.step + 1}. Lower "

@@ -27,7 +27,6 @@ import files
 import grids
 import images
 import losses
-import progress
 from errors import UserError
 from quiet_tf import tf
 from transformer import JOHNSON_WIDTHS, VARIANTS, TransformNet, encoder_layers
@@ -469,12 +468,12 @@ def _checkpoint_number(path):
 
 def train(settings, model_dir, network, resume=False, overwrite=False, checkpoint_every=500,
           preview_every=500, print_every=100, devices=None, stop=lambda: False,
-          report=lambda line, keep: None):
+          report=lambda step, steps, text, keep: None):
     """Train into `model_dir` (see the module docstring); returns a TrainResult.
 
     `stop()` is asked before every step (Ctrl-C); a checkpoint is saved every `checkpoint_every`
     steps, on stop and at the end, so an interrupted training loses at most that many steps.
-    `report(line, keep)` receives the progress line after every step, to keep every `print_every`.
+    `report(step, steps, text, keep)` receives the progress line after every step, to keep every `print_every`.
     """
     strategy = choose_strategy(devices)  # before any other TensorFlow op (MultiWorkerMirroredStrategy)
     chief = _is_chief(strategy)  # the one worker that writes the model folder
@@ -530,12 +529,12 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
         if chief:
             log.write(step, stage, terms, total)  # a failing write is a warning (LossLog)
             done = step - start_step - 1  # timed steps
-            elapsed, left = progress.eta(clock, done, total_steps - start_step - 1)
+            elapsed = time.perf_counter() - clock
             speed = f"{done * settings.batch_size / elapsed:.2f}" if done else "?"
             where = f"{step}/{total_steps}" + (f" stage {stage}" if settings.stage1_steps is not None else "")
-            line = _progress_line(where, terms, total, speed, elapsed, left, len(data.unreadable))
+            line = _progress_line(where, terms, total, speed, len(data.unreadable))
             keep = step % print_every == 0 or step == total_steps
-            report(line, keep=keep)
+            report(step, total_steps, line, keep)
             if keep:
                 plot_losses(model_dir, settings)
         if step % checkpoint_every == 0:
@@ -558,11 +557,11 @@ def train(settings, model_dir, network, resume=False, overwrite=False, checkpoin
     return TrainResult(status, int(training.step.numpy()), len(data.unreadable), chief and status == "done")
 
 
-def _progress_line(where, terms, total, speed, elapsed, left, unreadable):
+def _progress_line(where, terms, total, speed, unreadable):
+    """The step's losses and pace; progress.Bar adds the time elapsed and the ETA."""
     terms_text = "  ".join(f"{name} {float(value):.4g}" for name, value in terms.items())
     skipped = f"  {unreadable} unreadable skipped" if unreadable else ""
-    return (f"step {where}  {terms_text}  total {float(total):.4g}  {speed} img/s  "
-            f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}{skipped}")
+    return f"step {where}  {terms_text}  total {float(total):.4g}  {speed} img/s{skipped}"
 
 
 class LossLog:

@@ -213,17 +213,18 @@ def render(args, network, content, style_images, tiles, grid):
                 records[-1]["balance_factor"] = _recorded_factor(path)
                 print(f"tile {number}/{len(todo)} {tile.name}: reusing {path}", file=sys.stderr)
                 continue
-            line = progress.LiveLine()
+            bar = progress.Bar(unit="iteration")
 
             def monitor(state, number=number, tile=tile):
-                line.show(f"tile {number}/{len(todo)} {tile.name}: iteration {state.iteration}/"
-                          f"{state.total_iterations}  total loss {state.total_loss:.4g}",
-                          keep=state.iteration % 100 == 0 or state.iteration == state.total_iterations)
+                bar.update(state.iteration, f"tile {number}/{len(todo)} {tile.name}: iteration "
+                           f"{state.iteration}/{state.total_iterations}  total loss {state.total_loss:.4g}",
+                           state.iteration % 100 == 0 or state.iteration == state.total_iterations,
+                           total=state.total_iterations)
                 return not stop.should_stop()
             try:
                 result = stylize(network, content, tile.styles, tile.settings, monitor)
             finally:
-                line.close()
+                bar.close()
             partial = path.with_suffix(".interrupted.png")
             if result.status == "interrupted":
                 stop.shield()

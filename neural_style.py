@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +193,7 @@ class Monitor:
 
     def __init__(self, args, settings, stop_request):
         self.args, self.settings, self.stop_request = args, settings, stop_request
-        self.line = progress.LiveLine()
+        self.bar = progress.Bar(unit="iteration")
         self.log = None
         if args.progress_file:
             try:
@@ -202,7 +201,6 @@ class Monitor:
             except OSError as error:
                 self._warn(f"the progress file {args.progress_file} cannot be opened "
                            f"({files.describe(error)}); the run goes on without it")
-        self.start = None
         self.losses = {}  # iteration: (content, style, tv, total), for --progress-plot
 
     def plot(self):
@@ -217,8 +215,6 @@ class Monitor:
 
     def __call__(self, state):
         import images  # loaded by run() already; here for the snapshots
-        if self.start is None:
-            self.start = time.perf_counter() - state.seconds
         if self.log:
             try:
                 self.log.write(json.dumps(state.as_record()) + "\n")
@@ -244,20 +240,17 @@ class Monitor:
             except OSError as error:
                 self._warn(f"snapshot {path} could not be written ({files.describe(error)}); the run "
                            f"goes on")
-        elapsed, left = progress.eta(self.start, state.iteration, state.total_iterations)
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
-                f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}  "
-                f"{progress.duration(elapsed)} elapsed, ETA {progress.duration(left)}")
+                f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
-        self.line.show(text, keep=keep)
+        self.bar.update(state.iteration, text, keep, total=state.total_iterations)
         self.losses[state.iteration] = (state.content_loss, state.style_loss, state.tv_loss, state.total_loss)
         if keep:
             self.plot()
         return not self.stop_request.should_stop()  # stopping: a second Ctrl-C must not cut the save
 
     def _warn(self, text):
-        self.line.close()
-        print(f"warning: {text}", file=sys.stderr)
+        self.bar.keep(f"warning: {text}")
 
     def _close_log(self):
         try:
@@ -268,7 +261,7 @@ class Monitor:
 
     def close(self):
         self.plot()  # the last iterations, also of an interrupted run
-        self.line.close()
+        self.bar.close()
         if self.log:
             self._close_log()
 

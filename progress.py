@@ -1,7 +1,7 @@
 """Terminal progress and graceful Ctrl-C, shared by the command-line tools.
 
-A long run shows one live line on a terminal (rewritten in place) and keeps a permanent line every
-N steps; in a log file (stderr not a terminal) only the permanent lines appear. The first Ctrl-C
+A long run shows one live tqdm bar with its ETA on a terminal and keeps a permanent line every N
+steps; in a log file (stderr not a terminal) only the permanent lines appear. The first Ctrl-C
 (or SIGTERM, or SIGHUP when the terminal closes)
 asks the run to stop after the current step and save; a second one stops the step at once and still
 saves.
@@ -26,39 +26,90 @@ def duration(seconds):
     return f"{hours}h{minutes:02d}m"
 
 
-class LiveLine:
-    """One status line, rewritten in place on a terminal; `keep=True` leaves a permanent copy."""
+class Bar:
+    """The one progress display: on a terminal a live tqdm bar with its ETA; in a log (stream not a
+    terminal) the bar is off and only the kept lines appear, each ending with the time elapsed and
+    the ETA. The pace is measured from the first update, so a first step that also compiles does not
+    skew it."""
 
-    def __init__(self, stream=None):
+    def __init__(self, total=None, description="", unit="it", stream=None, initial=0):
+        from tqdm import tqdm  # imported here: --help must not pay for it
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self._width = 0
+        self.total, self.n = total, initial
+        self.live = _is_terminal(self.stream)
+        self._bar = tqdm(total=total, initial=initial, desc=description or None, unit=unit,
+                         file=self.stream, disable=not self.live, leave=True, dynamic_ncols=True,
+                         mininterval=0.1)
+        self._first = None  # (clock, n) at the first update
 
-    def show(self, text, keep=False):
+    def update(self, n, text="", keep=False, total=None):
+        """Move to `n` of `total` (which a caller may learn only now); `text` is the bar's postfix
+        and, when `keep`, a permanent line."""
+        if total is not None and total != self.total:
+            self.total = self._bar.total = total
+        if self._first is None:
+            self._first = (time.perf_counter(), n)
+        self.n = n
         if self.live:
-            self._write("\r" + text.ljust(self._width) + ("\n" if keep else ""))
-            self._width = 0 if keep else len(text)
-        elif keep:
-            self._write(text + "\n")
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(n - self._bar.n)
+        if keep:
+            self.keep(f"{text}  {self.timing()}")
+
+    def report(self, n, total, text, keep=False):
+        """The callback that fast_train, digits and fast_apply call; a count that goes back starts
+        a new pass (the digits study's next run), timed afresh."""
+        if n < self.n:
+            self._first = None
+            if self.live:
+                self._bar.reset(total)
+        self.update(n, text, keep, total)
+
+    def timing(self):
+        """'12.3s elapsed, ETA 4m05s', from the average pace since the first update."""
+        if self._first is None:
+            return f"{duration(0)} elapsed, ETA ?"
+        clock, first = self._first
+        elapsed = time.perf_counter() - clock
+        done = self.n - first
+        left = elapsed / done * (self.total - self.n) if done and self.total else float("nan")
+        return f"{duration(elapsed)} elapsed, ETA {duration(left)}"
+
+    def keep(self, text):
+        """A permanent line: above the live bar on a terminal, a line of its own in a log."""
+        try:
+            if self.live:
+                self._bar.write(text, file=self.stream)
+            else:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+        except (OSError, ValueError):  # the terminal closed: progress is dropped, not fatal
+            self.live, self.stream = False, _Nowhere()
 
     def close(self):
-        if self.live and self._width:
-            self._write("\n")
-            self._width = 0
-
-    def _write(self, text):
-        """A progress line that cannot be shown (the terminal closed) is dropped, not fatal."""
-        if self.stream is None:
-            return
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            self._bar.close()
         except (OSError, ValueError):
-            self.stream = None
+            pass
+
+
+class _Nowhere:
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def eta(start_time, done, total):
-    """Elapsed time and estimated time left, from the average pace so far."""
+    """Elapsed time and estimated time left, from the average pace so far (the studio's numbers)."""
     elapsed = time.perf_counter() - start_time
     left = elapsed / done * (total - done) if done else float("nan")
     return elapsed, left

@@ -54,6 +54,10 @@ def stripes_image(height, width, period=6):
                     axis=-1).astype(np.float32)
 
 
+
+# The two style images of the perceptual-control and figure tests: stripes, and a smooth other one.
+STYLE_A, STYLE_B = stripes_image(36, 36), smooth_image(36, 36, seed=7)
+
 @pytest.fixture
 def image_files(tmp_path):
     """A content photo and a style image on disk."""
@@ -121,3 +125,50 @@ def serve():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+# ---- fast_style.py: tiny data, a tiny training, the command line (test_fast_style, _fast_train, _fast_apply) ----
+
+FAST_STYLE_TINY = ["--widths", "8,8,8", "--image-size", "32", "--batch-size", "4"]
+
+
+def fast_style_cli(*args):
+    import fast_style  # here: conftest is loaded by every test file
+    return fast_style.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    """A data folder (five images, one in a subfolder, one unreadable file) and a style image."""
+    import images
+    root = tmp_path_factory.mktemp("inputs")
+    data = root / "data"
+    (data / "sub").mkdir(parents=True)
+    for i in range(4):
+        images.save_image(data / f"photo{i}.png", smooth_image(40 + 4 * i, 48, seed=i))
+    images.save_image(data / "sub" / "deep.jpg", smooth_image(36, 52, seed=7))
+    (data / "broken.jpg").write_text("not an image")
+    style = images.save_image(root / "style.png", stripes_image(48, 48))
+    return data, style
+
+
+def train_args(inputs, network, model, steps, *extra):
+    data, style = inputs
+    return ["train", "--style", style, "--data", data, "--network", network, "--model", model,
+            "--steps", steps, *FAST_STYLE_TINY, *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(inputs, tiny16, tmp_path_factory):
+    """A model folder after 4 steps (checkpoints every 2), exported."""
+    model = tmp_path_factory.mktemp("trained") / "model"
+    assert fast_style_cli(*train_args(inputs, tiny16, model, 4, "--checkpoint-every", 2, "--preview-every", 2)) == 0
+    return model
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Training without the final export (SavedModel and TFLite), for tests that only look at the
+    checkpoints: the conversion takes seconds."""
+    import fast_apply
+    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import images
-from conftest import smooth_image
+from conftest import STYLE_A, smooth_image
 from errors import UserError
 
 RGB = (np.random.default_rng(1).uniform(0, 255, (10, 12, 3))).astype(np.uint8)
@@ -173,3 +173,23 @@ def test_match_luminance_takes_the_content_mean_and_spread():
     target = images.luminance(content)[..., 0]
     assert matched.mean() == pytest.approx(target.mean(), rel=1e-4)
     assert matched.std() == pytest.approx(target.std(), rel=1e-4)
+
+
+# ---- sample photos and colour matching (moved from test_figures.py) ----------------------------
+
+CONTENT = smooth_image(32, 40)
+
+
+def test_sample_photos_come_from_the_scikit_image_wheel():
+    photos, description = images.sample_photos(long_side=64)
+    assert len(photos) == 6 and all(max(p.shape[:2]) == 64 and p.shape[2] == 3 for p in photos)
+    assert "scikit-image" in description and "astronaut" in description
+
+
+def test_histogram_matching_gives_the_style_the_content_colour_statistics():
+    style, content = 0.4 * STYLE_A + 60, 0.5 * CONTENT + 60  # moderate ranges: nothing is clipped
+    matched = images.match_colors(style, content)
+    pixels, target = matched.reshape(-1, 3).astype(np.float64), content.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(pixels.mean(axis=0), target.mean(axis=0), atol=0.01)
+    np.testing.assert_allclose(np.cov(pixels.T), np.cov(target.T), rtol=1e-3, atol=0.5)
+    assert np.abs(matched - style).mean() > 5  # it did change the colours

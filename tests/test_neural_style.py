@@ -13,7 +13,7 @@ import pytest
 import images
 import neural_style
 import vgg
-from conftest import smooth_image, stripes_image
+from conftest import STYLE_A, STYLE_B, smooth_image, stripes_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -274,6 +274,35 @@ def test_adam_and_unit_options_reach_the_settings(base):
     s, max_size = neural_style.settings_from(neural_style.parse_args(
         [str(a) for a in base] + ["--output", "x.png", "--preset", "tf-tutorial"]))
     assert (s.loss_units, s.optimizer, s.adam_beta1, max_size) == ("tf-tutorial", "adam", 0.99, 512)
+
+
+# ---- perceptual controls on the command line (moved from test_figures.py) ------------------------
+
+CONTENT = smooth_image(32, 40)
+
+
+def test_cli_runs_every_control(tiny_mat, tmp_path):
+    import neural_style
+    content = images.save_image(tmp_path / "c.png", CONTENT)
+    style_a = images.save_image(tmp_path / "a.png", STYLE_A)
+    style_b = images.save_image(tmp_path / "b.png", STYLE_B)
+    mask = np.zeros((32, 40, 3))
+    mask[:16] = 255
+    top = images.save_image(tmp_path / "top.png", mask)
+    bottom = images.save_image(tmp_path / "bottom.png", 255 - mask)
+    common = ["--content", str(content), "--network", str(tiny_mat), "--iterations", "2",
+              "--content-layers", "relu4_2", "--style-layers", "relu1_1,relu3_1"]
+    assert neural_style.main(common + ["--style", str(style_a), str(style_b), "--style-mask", str(top),
+                                       str(bottom), "--output", str(tmp_path / "mask.png")]) == 0
+    assert neural_style.main(common + ["--style", str(style_a), str(style_b), "--style-layer-sets",
+                                       "relu1_1", "relu3_1", "--output", str(tmp_path / "scale.png")]) == 0
+    assert neural_style.main(common + ["--style", str(style_a), "--color-control", "histogram",
+                                       "--output", str(tmp_path / "hist.png")]) == 0
+    assert neural_style.main(common + ["--style", str(style_a), "--preserve-colors", "--color-control",
+                                       "histogram", "--output", str(tmp_path / "x.png")]) == 1
+    assert neural_style.main(common + ["--style", str(style_a), "--normalize-network",
+                                       "--output", str(tmp_path / "norm.png")]) == 0
+    assert images.load_image(tmp_path / "mask.png").shape == (32, 40, 3)
 
 
 def test_every_run_writes_its_record_with_the_hashes(base, tmp_path, tiny_mat, image_files):

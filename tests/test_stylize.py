@@ -9,7 +9,8 @@ import images
 import losses
 import presets
 import stylize
-from conftest import smooth_image, stripes_image
+import vgg
+from conftest import STYLE_A, STYLE_B, smooth_image, stripes_image
 from errors import UserError
 from presets import settings_for_preset
 from quiet_tf import tf
@@ -446,6 +447,72 @@ def test_writeup_exact_truncates_the_output_and_does_not_clip_the_variable(tiny_
     _, seen = run(tiny_network, writeup_exact=True, init="content", iterations=1)
     assert seen[0].content_loss == pytest.approx(0.0, abs=1e-6)
     assert exact_content.min() < 0
+
+
+# ---- perceptual controls (Gatys et al. 2017): masks and style layer sets (moved from test_figures.py)
+
+LAYERS = {"relu1_1": 0.5, "relu3_1": 0.5}
+
+
+def objective(network, styles, masks=None, **changes):
+    settings = dataclasses.replace(stylize.Settings(content_layers={"relu4_2": 1.0}, style_layers=LAYERS),
+                                   **changes)
+    net = vgg.VGG(network, ["relu4_2", *LAYERS])
+    blend = [1.0 / len(styles)] * len(styles)
+    return stylize.Objective(net, CONTENT, styles, blend, settings, masks)
+
+
+def style_term(obj, image=CONTENT):
+    return float(obj.terms(image[np.newaxis])[1])
+
+
+def test_a_white_mask_is_the_unguided_loss_and_a_black_mask_removes_the_style(tiny_network):
+    image = smooth_image(32, 40, seed=3)
+    plain = style_term(objective(tiny_network, [STYLE_A]), image)
+    white = np.ones(CONTENT.shape[:2], np.float32)
+    assert style_term(objective(tiny_network, [STYLE_A], [white]), image) == pytest.approx(plain, rel=1e-4)
+    # Two styles, the second masked out everywhere: only the first one's half-weighted loss remains.
+    both = style_term(objective(tiny_network, [STYLE_A, STYLE_B], [white, 0 * white]), image)
+    assert both == pytest.approx(0.5 * plain, rel=1e-4)
+
+
+def test_a_mask_confines_the_style_gradient_to_its_region(tiny_network):
+    left = np.zeros(CONTENT.shape[:2], np.float32)
+    left[:, :12] = 1.0
+    obj = objective(tiny_network, [STYLE_A], [left], style_layers={"relu1_1": 1.0})
+    x = tf.Variable(smooth_image(32, 40, seed=3)[np.newaxis])
+    with tf.GradientTape() as tape:
+        loss = obj.terms(x)[1]
+    gradient = np.abs(tape.gradient(loss, x).numpy()[0]).sum(axis=2)
+    assert gradient[:, :11].mean() > 100 * (gradient[:, 16:].mean() + 1e-12)
+
+
+def test_style_layer_sets_take_fine_and_coarse_scales_from_different_styles(tiny_network):
+    image = smooth_image(32, 40, seed=3)
+    mixed = style_term(objective(tiny_network, [STYLE_A, STYLE_B],
+                                 style_layer_sets=[["relu1_1"], ["relu3_1"]]), image)
+    fine = style_term(objective(tiny_network, [STYLE_A], style_layers={"relu1_1": 0.5}), image)
+    coarse = style_term(objective(tiny_network, [STYLE_B], style_layers={"relu3_1": 0.5}), image)
+    assert mixed == pytest.approx(fine + coarse, rel=1e-4)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(style_layer_sets=[["relu1_1"]]), "1 style layer sets given for 2 style images"),
+    (dict(style_layer_sets=[["relu1_1"], ["relu9_9"]]), "not one of the style layers"),
+    (dict(style_layer_sets=[["relu1_1"], ["relu1_1"]]), "relu3_1 is in no style layer set"),
+    (dict(color_control="sepia"), "colour control must be one of"),
+])
+def test_bad_control_settings(tiny_network, changes, match):
+    settings = dataclasses.replace(stylize.Settings(content_layers={"relu4_2": 1.0}, style_layers=LAYERS,
+                                                    iterations=1), **changes)
+    with pytest.raises(UserError, match=match):
+        stylize.stylize(tiny_network, CONTENT, [STYLE_A, STYLE_B], settings)
+
+
+def test_mask_count_must_match_the_styles(tiny_network):
+    with pytest.raises(UserError, match="1 style masks given for 2 style images"):
+        stylize.stylize(tiny_network, CONTENT, [STYLE_A, STYLE_B], stylize.Settings(iterations=1),
+                        masks=[np.ones((4, 4))])
 
 
 # ---- loss units and balance calibration (issue 12) --------------------------------------------
