@@ -32,7 +32,7 @@ import numpy as np
 
 import images
 import vgg
-from presets import PRESETS, settings_for_preset
+from presets import settings_for_preset
 from quiet_tf import tf
 
 ROOT = Path(__file__).resolve().parent

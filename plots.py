@@ -4,9 +4,9 @@ this one function. matplotlib runs without a display (its Agg canvas); the file 
 the target and renamed, so a reader never sees half a picture. A plot that cannot be drawn is a
 warning: the run it illustrates goes on.
 """
-import os
 import sys
-from pathlib import Path
+
+import files
 
 
 def save_loss_plot(path, steps, series, title, xlabel="iteration"):
@@ -27,15 +27,7 @@ def save_loss_plot(path, steps, series, title, xlabel="iteration"):
     axes.set_title(title)
     if axes.lines:
         axes.legend(fontsize="small")
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.png")
-    try:
-        figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+    return files.write_atomic(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
 
 
 def try_save_loss_plot(path, steps, series, title, xlabel="iteration"):

@@ -69,24 +69,12 @@ def _read_json(path, default=None):
 
 def plot_losses(records, path):
     """The loss curve of a run as a PNG: the three terms (before their weights) and the total."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(6, 3.2), dpi=100)
-    axes = figure.add_subplot()
-    iterations = [record["iteration"] for record in records]
-    for key, label in (("total_loss", "total"), ("content_loss", "content"), ("style_loss", "style"),
-                       ("tv_loss", "total variation")):
-        values = [record[key] for record in records]
-        if any(value > 0 for value in values):
-            axes.plot(iterations, values, label=label, linewidth=1.2)
-    axes.set_yscale("log")
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("loss (before weights; total after)")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    files.write_atomic(path, lambda temporary: figure.savefig(temporary, format="png"))
+    import plots
+    names = (("total_loss", "total"), ("content_loss", "content"), ("style_loss", "style"),
+             ("tv_loss", "total variation"))
+    plots.try_save_loss_plot(path, [record["iteration"] for record in records],
+                             {label: [record[key] for record in records] for key, label in names},
+                             "loss terms (before their weights; total after)")
 
 
 def run_options(fields):

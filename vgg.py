@@ -6,7 +6,6 @@ file works as well; it stops at the deepest layer a run needs.
 
     python vgg.py download      fetch the VGG19 file into weights/ (resumable, checksum-verified)
 """
-import argparse
 import hashlib
 import json
 import os

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny networks with the real VGG19 layer names and layout, and small images."""
+import contextlib
 import http.server
 import os
 import threading
@@ -164,6 +165,20 @@ def trained(inputs, tiny16, tmp_path_factory):
     model = tmp_path_factory.mktemp("trained") / "model"
     assert fast_style_cli(*train_args(inputs, tiny16, model, 4, "--checkpoint-every", 2, "--preview-every", 2)) == 0
     return model
+
+
+@contextlib.contextmanager
+def stop_after(checks):
+    """graceful_interrupt whose request turns true at its (checks + 1)-th look: a Ctrl-C after
+    `checks` steps, as the training loop asks before every step."""
+    class Request:
+        looks = 0
+
+        def __bool__(self):
+            self.looks += 1
+            return self.looks > checks
+
+    yield Request()
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """The digits study (digits.py) and its reader (digit_reader.py), on tiny data: scikit-learn's digits
 or a few MNIST-like ones, a VGG16-shaped .mat with a few channels, 16 px images, 2 steps per stage."""
-import contextlib
 import gzip
 import json
 
@@ -9,11 +8,10 @@ import pytest
 
 import digits
 import fast_style
-import fast_apply
 import fast_train
 import images
 import progress
-from conftest import stripes_image
+from conftest import stop_after, stripes_image
 from digit_reader import DigitReader
 from errors import UserError
 
@@ -27,25 +25,6 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def style(tmp_path_factory):
     return images.save_image(tmp_path_factory.mktemp("style") / "style.png", stripes_image(32, 32))
-
-
-@contextlib.contextmanager
-def stop_after(checks):
-    """graceful_interrupt whose request turns true at its (checks + 1)-th look."""
-    class Request:
-        looks = 0
-
-        def __bool__(self):
-            self.looks += 1
-            return self.looks > checks
-
-    yield Request()
-
-
-@pytest.fixture
-def no_export(monkeypatch):
-    """Training without the final export (SavedModel and TFLite): the conversion takes seconds."""
-    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
 
 
 # ---- the digits ---------------------------------------------------------------------------------

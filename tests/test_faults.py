@@ -7,7 +7,6 @@ files that must exist, files that must not). Paths in a row are written with pla
 tiny networks and images; only the signal rows start a process of their own.
 """
 import errno
-import json
 import os
 import shutil
 import signal

@@ -1,7 +1,6 @@
 """The two-stage schedule of fast_style.py (a generator whose encoder is a copy of VGG's first layers),
 on tiny data: a VGG16-shaped .mat with a few channels, 16 px images, a network
 of 8 channels, 2 steps per stage."""
-import contextlib
 import json
 
 import numpy as np
@@ -14,7 +13,7 @@ import images
 import progress
 import transformer
 import vgg
-from conftest import smooth_image, stripes_image
+from conftest import smooth_image, stop_after, stripes_image
 from quiet_tf import tf
 
 TINY = ["--widths", "8,8,8", "--image-size", "16", "--batch-size", "2"]
@@ -58,48 +57,6 @@ def checkpoint_values(path):
     """{name: value} of every variable of a checkpoint (network and optimizers)."""
     return {name: tf.train.load_variable(str(path), name) for name, _ in tf.train.list_variables(str(path))
             if name not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")}
-
-
-@contextlib.contextmanager
-def stop_after(checks):
-    """graceful_interrupt whose request turns true at its (checks + 1)-th look: a Ctrl-C after
-    `checks` steps, as the loop asks before every step."""
-    class Request:
-        looks = 0
-
-        def __bool__(self):
-            self.looks += 1
-            return self.looks > checks
-
-    yield Request()
-
-
-@pytest.fixture
-def no_export(monkeypatch):
-    monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
-
-
-# ---- the generator ------------------------------------------------------------------------------
-
-def test_the_encoder_is_the_loss_networks_first_layers(tiny16):
-    """Initialised, it computes what vgg.VGG computes at relu3_1 (mean pixel, padding, pooling)."""
-    network = vgg.load(tiny16)
-    net = transformer.TransformNet((8, 8, 8), encoder="vgg:relu3_1", network=network)
-    image = tf.constant(smooth_image(21, 18)[np.newaxis])
-    features, sizes = net.encoder(image)
-    expected = vgg.VGG(network, ["relu3_1"], pooling="max")(image)["relu3_1"]
-    np.testing.assert_allclose(features.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-    assert [list(size.numpy()) for size in sizes] == [[11, 9], [21, 18]]  # the decoder's targets
-    assert len(net.encoder_variables) == 10  # conv1_1 … conv3_1, kernels and biases
-    assert transformer.TransformNet((8, 8, 8)).encoder_variables == ()
-
-
-@pytest.mark.parametrize("layer", ["relu1_2", "relu2_1", "pool2", "relu3_1"])
-def test_the_output_has_the_inputs_size_after_any_usable_layer(tiny16, layer):
-    net = transformer.TransformNet((4, 6, 8), encoder=f"vgg:{layer}", network=vgg.load(tiny16))
-    for shape in [(1, 5, 5, 3), (2, 13, 10, 3)]:
-        out = net(tf.random.uniform(shape, 0, 255, seed=1)).numpy()
-        assert out.shape == shape and out.min() >= 0 and out.max() <= 255
 
 
 # ---- the stages ---------------------------------------------------------------------------------
