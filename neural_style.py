@@ -214,7 +214,6 @@ class Monitor:
                                  f"{self.args.output.name}: the terms before their weights, and the total")
 
     def __call__(self, state):
-        import images  # loaded by run() already; here for the snapshots
         if self.log:
             try:
                 self.log.write(json.dumps(state.as_record()) + "\n")
@@ -226,20 +225,11 @@ class Monitor:
         if every and state.iteration and state.iteration % every == 0:
             output = self.args.output
             path = output.with_name(f"{output.stem}_{state.iteration:05d}{output.suffix}")
-            try:
-                images.save_image(path, state.image(), overwrite=self.args.overwrite)
-            except OSError as error:
-                self._warn(f"snapshot {path} could not be written ({files.describe(error)}); the "
-                           f"run goes on")
+            self._snapshot(path, state)
         if self.settings.writeup_exact and state.iteration % 100 == 1:
             # The write-up saved a JPEG after the step of loop index i whenever i % 100 == 0.
             output = self.args.output
-            path = output.with_name(f"{output.stem}_{state.iteration - 1}.jpg")
-            try:
-                images.save_image(path, state.image(), overwrite=self.args.overwrite)
-            except OSError as error:
-                self._warn(f"snapshot {path} could not be written ({files.describe(error)}); the run "
-                           f"goes on")
+            self._snapshot(output.with_name(f"{output.stem}_{state.iteration - 1}.jpg"), state)
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
                 f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
@@ -248,6 +238,14 @@ class Monitor:
         if keep:
             self.plot()
         return not self.stop_request.should_stop()  # stopping: a second Ctrl-C must not cut the save
+
+    def _snapshot(self, path, state):
+        """Save the current image as `path`; a failure is a warning, the run goes on."""
+        import images
+        try:
+            images.save_image(path, state.image(), overwrite=self.args.overwrite)
+        except OSError as error:
+            self._warn(f"snapshot {path} could not be written ({files.describe(error)}); the run goes on")
 
     def _warn(self, text):
         self.bar.keep(f"warning: {text}")

@@ -167,6 +167,23 @@ def trained(inputs, tiny16, tmp_path_factory):
     return model
 
 
+def assert_exports_match(model, image):
+    """The model folder's SavedModel and TFLite compute what its checkpoint's network computes."""
+    import fast_apply
+    from quiet_tf import tf
+    expected = fast_apply.restore_network(model)(tf.constant(image)).numpy()
+    served = tf.saved_model.load(str(model / "saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(images=tf.constant(image))["stylized"].numpy(), expected, atol=0.01)
+    interpreter = tf.lite.Interpreter(str(model / "model.tflite"))
+    entry = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(entry["index"], image.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], image)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]),
+                               expected, atol=0.05)  # of 0..255
+
+
 @contextlib.contextmanager
 def stop_after(checks):
     """graceful_interrupt whose request turns true at its (checks + 1)-th look: a Ctrl-C after

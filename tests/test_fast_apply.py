@@ -10,26 +10,14 @@ import pytest
 import fast_apply
 import fast_train
 import images
-from conftest import fast_style_cli as cli, smooth_image
+from conftest import assert_exports_match, fast_style_cli as cli, smooth_image
 from quiet_tf import tf
 
 
 # ---- export -------------------------------------------------------------------------------------
 
 def test_export_round_trips_to_the_same_output(trained):
-    image = smooth_image(24, 36, seed=3)[np.newaxis]
-    net = fast_apply.restore_network(trained)
-    expected = net(tf.constant(image)).numpy()
-    served = tf.saved_model.load(str(trained / "saved_model")).signatures["serving_default"]
-    np.testing.assert_allclose(served(images=tf.constant(image))["stylized"].numpy(), expected, atol=0.01)
-    interpreter = tf.lite.Interpreter(str(trained / "model.tflite"))
-    entry = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(entry["index"], image.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(entry["index"], image)
-    interpreter.invoke()
-    np.testing.assert_allclose(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]),
-                               expected, atol=0.05)  # of 0..255
+    assert_exports_match(trained, smooth_image(24, 36, seed=3)[np.newaxis])
 
 
 # ---- stylizing ----------------------------------------------------------------------------------

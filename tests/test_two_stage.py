@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 import fast_style
-import fast_apply
 import fast_train
 import images
 import progress
 import transformer
 import vgg
-from conftest import smooth_image, stop_after, stripes_image
+from conftest import assert_exports_match, smooth_image, stop_after, stripes_image
 from quiet_tf import tf
 
 TINY = ["--widths", "8,8,8", "--image-size", "16", "--batch-size", "2"]
@@ -139,18 +138,7 @@ def test_a_training_resumed_across_the_stage_boundary_equals_an_uninterrupted_on
 
 def test_a_generator_with_shared_layers_exports(straight):
     """SavedModel and TFLite of the VGG encoder compute what the checkpoint's network computes."""
-    image = smooth_image(19, 26, seed=3)[np.newaxis]
-    expected = fast_apply.restore_network(straight)(tf.constant(image)).numpy()
-    served = tf.saved_model.load(str(straight / "saved_model")).signatures["serving_default"]
-    np.testing.assert_allclose(served(images=tf.constant(image))["stylized"].numpy(), expected, atol=0.01)
-    interpreter = tf.lite.Interpreter(str(straight / "model.tflite"))
-    entry = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(entry["index"], image.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(entry["index"], image)
-    interpreter.invoke()
-    np.testing.assert_allclose(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]),
-                               expected, atol=0.05)
+    assert_exports_match(straight, smooth_image(19, 26, seed=3)[np.newaxis])
 
 
 # ---- mistakes -----------------------------------------------------------------------------------
