@@ -91,14 +91,9 @@ class Settings:
         """Fill in what was left None from the recipe of the loaded network: lengstrom's for VGG19
         (it has conv5_4), the paper's for any other VGG."""
         recipe = LENGSTROM if "conv5_4" in network.layer_names else PAPER
-
-        def channels(layer):  # of the convolution before a ReLU
-            return network.layers[network.index(layer) - 1].kernel.shape[3]
-
-        style_layers = {name: 1.0 / channels(name) ** 2 for name in recipe.style_layers}
         return dataclasses.replace(
             self, content_layers=self.content_layers or dict.fromkeys(recipe.content_layers, 1.0),
-            style_layers=self.style_layers or style_layers,
+            style_layers=self.style_layers or channel_weighted(network, recipe.style_layers),
             content_weight=_default(self.content_weight, recipe.content_weight),
             style_weight=_default(self.style_weight, recipe.style_weight),
             tv_weight=_default(self.tv_weight, recipe.tv_weight),
@@ -152,6 +147,12 @@ class Settings:
     def stage(self, step):
         """The stage of the step after `step` steps: 2 (shared layers train) or 1 (they are fixed)."""
         return 2 if self.stage1_steps is not None and step >= self.stage1_steps else 1
+
+
+def channel_weighted(network, layers):
+    """{layer: 1/C^2} (C: the channels of the convolution before it), the recipes' weighting of style
+    layers, so that other layers weighted alike take the recipes' style weights on the same scale."""
+    return {name: 1.0 / network.layers[network.index(name) - 1].kernel.shape[3] ** 2 for name in layers}
 
 
 def _default(value, default):
