@@ -29,7 +29,7 @@ import images
 import losses
 from errors import UserError
 from quiet_tf import tf
-from transformer import JOHNSON_WIDTHS, VARIANTS, TransformNet, encoder_layers
+from transformer import JOHNSON_WIDTHS, VARIANTS, TransformNet, encoder_layers, min_size as generator_min_size
 from vgg import VGG
 
 
@@ -117,6 +117,12 @@ class Settings:
         if min(weights) < 0:
             raise UserError("loss weights must not be negative")
         self._check_schedule(network)
+        # The loss network checks its own layers' sizes; shallow style layers may allow less than this.
+        smallest = generator_min_size(network, self.encoder)
+        if self.image_size < smallest:
+            raise UserError(f"--image-size must be at least {smallest} for the generator"
+                            + (f" with --encoder {self.encoder}" if self.encoder else "")
+                            + f", not {self.image_size}")
 
     def _check_schedule(self, network):
         staged = self.stage1_steps is not None or self.stage2_steps is not None

@@ -240,6 +240,12 @@ def encoder_layers(network, spec):
     return layers, poolings
 
 
+def min_size(network=None, encoder=None):
+    """The least image side the generator takes: MIN_SIZE (its 9x9 convolutions, and Johnson's encoder);
+    with a VGG encoder also 2 px (what a reflection-padded 3x3 convolution needs) after its poolings."""
+    return MIN_SIZE if encoder is None else max(MIN_SIZE, 2 * 2 ** encoder_layers(network, encoder)[1])
+
+
 class VGGEncoder(tf.Module):
     """The generator's copy of the loss network's layers conv1_1 … LAYER, as trainable variables
     initialised from the `.mat`. Its own copy, so that training it leaves the loss network, and

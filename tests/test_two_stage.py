@@ -13,6 +13,7 @@ import progress
 import transformer
 import vgg
 from conftest import assert_exports_match, smooth_image, stop_after, stripes_image
+from errors import UserError
 from quiet_tf import tf
 
 TINY = ["--widths", "8,8,8", "--image-size", "16", "--batch-size", "2"]
@@ -159,3 +160,19 @@ def test_bad_schedules_give_one_clear_error(inputs, tiny16, tmp_path, capsys, ex
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert err.count("\n") == 1 and not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("encoder, smallest", [(None, transformer.MIN_SIZE), ("vgg:relu3_1", 8), ("vgg:relu2_1", transformer.MIN_SIZE)])
+def test_training_crops_smaller_than_the_generator_takes_are_one_clear_error(tiny16, encoder, smallest):
+    """Shallow style layers let the loss network take crops that the generator's deepest padded
+    convolution cannot: the generator's own minimum is checked before TensorFlow meets it."""
+    network = vgg.load(tiny16)
+    settings = fast_train.Settings(style="", data="", network=str(tiny16), image_size=smallest, encoder=encoder,
+                                   style_layers={"relu1_1": 1.0}).with_defaults(network)
+    settings.check(network)
+    for size in (smallest - 1, 1):
+        image = fast_train.Settings(**{**settings.__dict__, "image_size": size})
+        with pytest.raises(UserError, match=f"--image-size must be at least {smallest} for the generator"):
+            image.check(network)
+    net = transformer.TransformNet((4, 4, 4), encoder=encoder, network=network)
+    assert net(tf.zeros([1, smallest, smallest, 3])).shape == (1, smallest, smallest, 3)
