@@ -30,8 +30,11 @@ STUDY_DEFINING = tuple(name for name in DEFINING if name not in ("data", "seed")
     "mnist", "digits", "held_out", "seeds")
 # Chosen by measurement (docs/two_stage.md, "Choosing the defaults"): on VGG16, the stylized digits
 # stay readable in the painting's colours, and the whole study fits in 20 minutes on two CPU cores.
-STUDY_DEFAULTS = {"image_size": 32, "style_weight": 500.0, "tv_weight": 1e-4, "encoder": "vgg:relu3_1",
-                  "stage1_steps": 300, "stage2_steps": 300, "seeds": (0, 1, 2)}
+# The painting at 64 px has strokes of a digit's scale; the style layers stop at relu3_3 (8x8 maps at
+# 32 px), where relu4_3's 4x4 maps hold no texture, and keep train's 1/C^2 weighting (STUDY_STYLE_LAYERS).
+STUDY_DEFAULTS = {"image_size": 32, "style_size": 64, "style_weight": 3000.0, "tv_weight": 1e-4,
+                  "encoder": "vgg:relu3_1", "stage1_steps": 800, "stage2_steps": 300, "seeds": (0, 1, 2)}
+STUDY_STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3")
 
 
 def parse_args(argv):
@@ -80,7 +83,9 @@ def parse_args(argv):
                                 "2 and compare (the two-stage schedule's worked example)",
                                 epilog="The study's own defaults (chosen on VGG16, docs/two_stage.md): " + " ".join(
                                     f"--{name.replace('_', '-')} {_shown(value)}"
-                                    for name, value in STUDY_DEFAULTS.items()))
+                                    for name, value in STUDY_DEFAULTS.items()) + " --style-layers "
+                                f"{','.join(STUDY_STYLE_LAYERS)}, each weighted 1/C^2 (C: its channels) as "
+                                "train's own layers")
     study.add_argument("--out", required=True, type=Path, help="the study folder to write")
     study.add_argument("--style", type=Path, help="the style image")
     study.add_argument("--mnist", type=Path, help="MNIST as a local .npz (Keras' mnist.npz) or IDX file "
@@ -95,7 +100,7 @@ def parse_args(argv):
     study.add_argument("--overwrite", action="store_true", help="start over in an --out folder that "
                        "already holds a study")
     _add_recipe(study.add_argument_group("recipe (as for train)"), image_size=STUDY_DEFAULTS["image_size"],
-                seed=False)
+                style_size=STUDY_DEFAULTS["style_size"], seed=False)
     _add_schedule(study.add_argument_group("schedule: run A trains stage 1 for N + M steps, run B stage 1 "
                                            "for N, then stage 2 for M"), STUDY_DEFAULTS)
     _add_run(study.add_argument_group("run"))
@@ -106,7 +111,7 @@ def _shown(value):
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _add_recipe(group, image_size, seed=True):
+def _add_recipe(group, image_size, style_size="--image-size", seed=True):
     group.add_argument("--variant", choices=("improved", "paper"), help="improved (default): instance "
                        "norm, resize-convolution, reflection padding; paper: batch norm, transposed "
                        "convolution, zero padding")
@@ -119,8 +124,8 @@ def _add_recipe(group, image_size, seed=True):
     group.add_argument("--pixel-weight", type=cli.nonnegative_float, help="weight of the pixel loss (default 0)")
     group.add_argument("--tv-weight", type=cli.nonnegative_float, help="total variation: default 0.4 (VGG16), 200 (VGG19)")
     group.add_argument("--image-size", type=cli.positive_int, help=f"side of the training images (default {image_size})")
-    group.add_argument("--style-size", type=cli.positive_int, help="long side of the style image (default: "
-                       "--image-size)")
+    group.add_argument("--style-size", type=cli.positive_int, help=f"long side of the style image (default: "
+                       f"{style_size})")
     group.add_argument("--batch-size", type=cli.positive_int, help="images per step, over all devices (default 4)")
     group.add_argument("--learning-rate", type=cli.positive_float, help="Adam's (default 1e-3)")
     if seed:
@@ -330,6 +335,8 @@ def run_study(args):
         settings = fast_train.Settings(data=str((args.out / digits.DATA).resolve()), **values)
         study = digits.Study(settings, *stages, **shape)
     network = vgg.load(study.settings.network)
+    if study.settings.style_layers is None:
+        study.settings.style_layers = fast_train.channel_weighted(network, STUDY_STYLE_LAYERS)
     study.settings = study.settings.with_defaults(network)
     bar = progress.Bar(unit="step")
     with progress.graceful_interrupt() as stop_request:
