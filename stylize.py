@@ -20,6 +20,7 @@ import losses
 import presets
 from presets import COLOR_CONTROLS, INITS, OPTIMIZERS
 import vgg
+from adam import Adam
 from errors import UserError
 from quiet_tf import tf
 from vgg import VGG, resolve_precision
@@ -160,25 +161,6 @@ class Objective:
 
     def total(self, terms):
         return tf.reduce_sum(self.weights * terms)
-
-
-class Adam:
-    """Adam with TF1's AdamOptimizer arithmetic (as the write-up used): epsilon 1e-8 outside the
-    square root, bias correction folded into the step size. The state stays float32."""
-
-    def __init__(self, variable, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
-        self.variable, self.learning_rate = variable, learning_rate
-        self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
-        self.m = tf.Variable(tf.zeros_like(variable))
-        self.v = tf.Variable(tf.zeros_like(variable))
-        self.t = tf.Variable(0.0)
-
-    def apply(self, gradient):
-        t = self.t.assign_add(1.0)
-        m = self.m.assign(self.beta1 * self.m + (1.0 - self.beta1) * gradient)
-        v = self.v.assign(self.beta2 * self.v + (1.0 - self.beta2) * tf.square(gradient))
-        step = self.learning_rate * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
-        self.variable.assign_sub(step * m / (tf.sqrt(v) + self.epsilon))
 
 
 def stylize(network, content, styles, settings, monitor=lambda progress: True, init_image=None,
@@ -439,7 +421,7 @@ def _adam(objective, start, iterations, settings, report, clip=True):
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
-    adam = Adam(image, settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
+    adam = Adam([image], settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
 
     @tf.function
     def evaluate():
@@ -453,7 +435,7 @@ def _adam(objective, start, iterations, settings, report, clip=True):
     @tf.function
     def step():
         previous.assign(image)
-        adam.apply(gradient)
+        adam.apply([gradient])
         if clip:
             image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()

@@ -99,19 +99,6 @@ def test_non_finite_loss_keeps_the_last_finite_image(tiny_network):
     assert result.iterations < 20
 
 
-def test_adam_follows_tf1_arithmetic():
-    x = tf.Variable([1.0, -2.0])
-    adam = stylize.Adam(x, learning_rate=0.5)
-    m = v = np.zeros(2)
-    expected = np.array([1.0, -2.0])
-    for t, g in enumerate([np.array([0.3, -1.0]), np.array([0.1, 2.0])], start=1):
-        adam.apply(tf.constant(g, tf.float32))
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        expected = expected - 0.5 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8)
-    np.testing.assert_allclose(x.numpy(), expected, atol=2e-5)
-
-
 def test_blend_init_mixes_noise_and_content_around_the_mean(tiny_network):
     s = settings(init="blend", noise_ratio=0.75)
     start = stylize.initial_image(s, CONTENT, STYLE, tiny_network.mean_pixel)
