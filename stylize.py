@@ -157,7 +157,10 @@ class Objective:
         style = tf.add_n([weight * self.units.style(features[name] if mask is None else features[name] * mask,
                                                     gram, positions)
                           for name, weight, gram, mask in self.style_terms])
-        return tf.stack([content, style, self.units.tv(image)])
+        tv = self.units.tv(image)
+        if self.settings.tv_weight == 0:  # reported only: skip a backward pass that would be times 0
+            tv = tf.stop_gradient(tv)
+        return tf.stack([content, style, tv])
 
     def total(self, terms):
         return tf.reduce_sum(self.weights * terms)
@@ -221,15 +224,16 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             _check_size(f"style image {j + 1}" if len(styles) > 1 else "style image", style, net)
         scaled_masks = masks and [None if mask is None else images.resize_mask(mask, height, width)
                                   for mask in masks]
+        # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from
+        # (from the content the content gradient is 0), and at every scale, so that each scale aims
+        # at the same balance (in printed units the balance point moves with the size).
+        make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+        noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
+                                      scaled_styles[0], network.mean_pixel), 0.0, 255.0)
+        balance = resolve_balance(settings, lambda: make(net_for("float32", height, width)),
+                                  network, noise, scaled_content, scaled_styles, scaled_masks)
         if image is None:
             start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
-            make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
-            # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from:
-            # from the content the content gradient is 0, and every start shares one objective.
-            noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
-                                          scaled_styles[0], network.mean_pixel), 0.0, 255.0)
-            balance = resolve_balance(settings, lambda: make(net_for("float32", height, width)),
-                                      network, noise, scaled_content, scaled_styles, scaled_masks)
         else:
             start = images.resize(image, height, width)
         objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks, balance)

@@ -559,6 +559,24 @@ def test_a_balanced_run_reports_its_factor_and_weights_beta_by_it(tiny_network, 
                                          + result.balance * settings.style_weight * p.style_loss, rel=1e-4)
 
 
+def test_coarse_to_fine_calibrates_at_every_scale(tiny_network, tmp_path, monkeypatch):
+    """In printed units the balance point moves with the size: each scale gets its own factor, and
+    the run reports the full size's."""
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    measured = []
+    real = stylize.resolve_balance
+
+    def spy(settings, objective, network, start, *rest):
+        measured.append((start.shape[:2], real(settings, objective, network, start, *rest)))
+        return measured[-1][1]
+    monkeypatch.setattr(stylize, "resolve_balance", spy)
+    settings = presets.settings_for_preset("fast", scales=((0.5, 2), (1.0, 2)), precision="float32", seed=0)
+    result = stylize.stylize(tiny_network, smooth_image(64, 80), [stripes_image(64, 80)], settings)
+    assert [shape for shape, _ in measured] == [(32, 40), (64, 80)]
+    assert measured[0][1] != pytest.approx(measured[1][1], rel=0.05)
+    assert result.balance == measured[1][1]
+
+
 @pytest.mark.parametrize("field, value", [("loss_units", "metric"), ("balance", -1.0),
                                           ("balance", float("nan")), ("balance", "sometimes")])
 def test_bad_units_or_balance_is_a_user_error(tiny_network, field, value):
