@@ -487,6 +487,27 @@ class _HandOver(Exception):
     """Raised inside the L-BFGS objective when a reduced-precision loss overflows."""
 
 
+def _scaled_loss_and_gradient(objective):
+    """x -> (loss, gradient, (terms, total)) for either L-BFGS: the loss and gradient multiplied by
+    lbfgs.loss_scale of the first gradient (the same minimum), infinite where the gradient is not
+    finite (a reduced-precision backward pass can overflow where the float32 loss does not); the
+    terms and total unscaled, for the progress report."""
+    import lbfgs
+    scale = tf.Variable(0.0)  # 0 until the first evaluation sets it
+
+    @tf.function
+    def loss_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            terms = objective.terms(x)
+            total = objective.total(terms)
+        gradient = tape.gradient(total, x)
+        scale.assign(tf.where(scale > 0, scale, lbfgs.loss_scale(gradient)))
+        finite = tf.reduce_all(tf.math.is_finite(gradient))
+        return tf.where(finite, total * scale, float("inf")), gradient * scale, (terms, total)
+    return loss_and_gradient
+
+
 def _lbfgs_tf(objective, start, iterations, report, exact=None):
     """lbfgs.py's L-BFGS on the device, with _lbfgs's contract: an iteration is one evaluation, the
     best image is returned, and in reduced precision `exact()` takes over in float32 once the line
@@ -494,31 +515,21 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
     image with a fresh history while that still makes progress."""
     import lbfgs
     shape = (1,) + start.shape
-
-    def optimiser(objective, x):
-        def evaluate(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                terms = objective.terms(x)
-                total = objective.total(terms)
-            return total, tape.gradient(total, x), terms
-        return lbfgs.LBFGS(evaluate, x, 0.0, 255.0)
-
+    optimiser = lambda objective, x: lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0)
     optimizer = optimiser(objective, start.reshape(shape))
     iteration, status, best_at_stall = -1, "done", np.inf
     best_iteration, best_loss = 0, np.inf
     try:
         while iteration < iterations:
-            total, terms, event = optimizer.step()
-            total = float(total)
-            if not np.isfinite(total):
+            loss, (terms, total), event = optimizer.step()
+            if not np.isfinite(float(loss)):
                 if exact is not None:
                     optimizer = optimiser(exact(), optimizer.best.value())
                     exact, best_loss = None, np.inf
                     continue
                 status = "diverged"
                 break
-            iteration += 1
+            iteration, total = iteration + 1, float(total)
             if total < best_loss:
                 best_loss, best_iteration = total, iteration
             trial = optimizer.trial
@@ -550,26 +561,16 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
     iteration and the status.
     """
     shape = (1,) + start.shape
-
-    def compiled(objective):
-        @tf.function
-        def loss_and_gradient(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                terms = objective.terms(x)
-                total = objective.total(terms)
-            return terms, total, tape.gradient(total, x)
-        return loss_and_gradient
-
     state = {"iteration": -1, "best": start.astype(np.float64).ravel(), "best_loss": np.inf,
-             "best_iteration": 0, "status": "done", "evaluate": compiled(objective), "exact": exact}
+             "best_iteration": 0, "status": "done", "evaluate": _scaled_loss_and_gradient(objective),
+             "exact": exact}
 
     def fun(x):
         if state["iteration"] >= iterations:
             raise _Stop
-        terms, total, gradient = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
-        total = float(total)
-        if not np.isfinite(total):
+        loss, gradient, (terms, total) = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
+        loss, total = float(loss), float(total)
+        if not np.isfinite(loss):
             if state["exact"] is not None:
                 raise _HandOver
             state["status"] = "diverged"
@@ -581,13 +582,7 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
                       lambda: x.reshape(start.shape).astype(np.float32)):
             state["status"] = "interrupted"
             raise _Stop
-        # With bounds, scipy's L-BFGS-B takes a first step of exactly -gradient: where that moves no
-        # pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line search
-        # fails at once. Hand it the loss scaled so that the first step moves the steepest pixel by
-        # one level (the same minimum); a loss of ordinary scale is left as it is.
-        gradient = gradient.numpy().astype(np.float64).ravel()
-        scale = state.setdefault("scale", max(1.0, 1.0 / max(float(np.abs(gradient).max()), 1e-30)))
-        return total * scale, gradient * scale
+        return loss, gradient.numpy().astype(np.float64).ravel()
 
     try:
         # scipy also ends when a line search finds no decrease: start again from the best image with
@@ -603,7 +598,7 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
                 pass
             if state["exact"] is not None:
                 # The float32 loss of the best image is its first evaluation there: compare from it.
-                state.update(evaluate=compiled(state["exact"]()), exact=None, best_loss=np.inf)
+                state.update(evaluate=_scaled_loss_and_gradient(state["exact"]()), exact=None, best_loss=np.inf)
             elif state["best_loss"] >= best_before:
                 break
     except _Stop:

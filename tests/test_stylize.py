@@ -218,12 +218,15 @@ class Quadratic:
 START = np.random.default_rng(0).uniform(0, 255, (8, 8, 3)).astype(np.float32)
 
 
-def test_lbfgs_goes_on_in_float32_when_rounding_noise_stops_it():
+BOTH_LBFGS = pytest.mark.parametrize("run_lbfgs", [stylize._lbfgs_tf, stylize._lbfgs], ids=["tf", "scipy"])
+
+
+@BOTH_LBFGS
+def test_lbfgs_goes_on_in_float32_when_rounding_noise_stops_it(run_lbfgs):
     keep_going = lambda *args: True
-    rounded_only, _, _ = stylize._lbfgs(Quadratic(step=1e3), START, 300, keep_going)
+    rounded_only, _, _ = run_lbfgs(Quadratic(step=1e3), START, 300, keep_going)
     exact = Quadratic()
-    handed_over, _, status = stylize._lbfgs(Quadratic(step=1e3), START, 300, keep_going,
-                                            exact=lambda: exact)
+    handed_over, _, status = run_lbfgs(Quadratic(step=1e3), START, 300, keep_going, exact=lambda: exact)
     assert status == "done" and exact.calls > 0
     # The rounded loss cannot see below about 500; the exact one takes the image far below.
     assert exact.exact_loss(rounded_only) > 100.0
@@ -238,7 +241,7 @@ class Overflowing(Quadratic):
         return tf.where(terms[0] < 1e4, np.inf, terms)
 
 
-@pytest.mark.parametrize("run_lbfgs", [stylize._lbfgs_tf, stylize._lbfgs], ids=["tf", "scipy"])
+@BOTH_LBFGS
 def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows(run_lbfgs):
     seen = []
     exact = Quadratic()
@@ -250,9 +253,10 @@ def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows(run_lbfgs):
     assert status == "diverged" and exact.exact_loss(without) >= 1e4
 
 
-def test_lbfgs_stops_once_a_fresh_start_makes_no_progress():
+@BOTH_LBFGS
+def test_lbfgs_stops_once_a_fresh_start_makes_no_progress(run_lbfgs):
     evaluations = []
-    image, _, status = stylize._lbfgs(Quadratic(), START, 5000, lambda *a: evaluations.append(a) or True)
+    image, _, status = run_lbfgs(Quadratic(), START, 5000, lambda *a: evaluations.append(a) or True)
     assert status == "done" and len(evaluations) < 5000
     assert Quadratic().exact_loss(image) < 1e-3
 
