@@ -82,8 +82,10 @@ def test_monitor_can_stop_the_run_and_the_image_is_kept(tiny_network):
     np.testing.assert_allclose(result.image, seen[-1].image(), atol=1e-4)
 
 
-def test_lbfgs_stop_keeps_the_best_image(tiny_network):
-    result, seen = run(tiny_network, lambda p: p.iteration < 6, optimizer="lbfgs", iterations=50)
+@pytest.mark.parametrize("impl", stylize.LBFGS_IMPLS)
+def test_lbfgs_stop_keeps_the_best_image(tiny_network, impl):
+    result, seen = run(tiny_network, lambda p: p.iteration < 6, optimizer="lbfgs", iterations=50,
+                       lbfgs_impl=impl)
     assert result.status == "interrupted"
     best = min(seen, key=lambda p: p.total_loss)
     assert result.iterations == best.iteration
