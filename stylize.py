@@ -181,6 +181,33 @@ class Adam:
         self.variable.assign_sub(step * m / (tf.sqrt(v) + self.epsilon))
 
 
+class LossScale:
+    """Dynamic loss scaling for a float16 network, whose backward pass overflows past 65504 and loses
+    gradients below 6e-8: the loss is multiplied by `scale` before the backward pass and the gradient
+    divided by it in float32. A gradient that is not finite halves the scale (its step is to be
+    skipped); `growth_interval` finite ones in a row double it. In another precision the scale is 1
+    and every gradient is used as it is."""
+
+    def __init__(self, dtype, initial=2.0 ** 15, growth_interval=200):
+        self.dynamic = dtype == tf.float16
+        self.scale = tf.Variable(initial if self.dynamic else 1.0)
+        self.finite_steps = tf.Variable(0)
+        self.growth_interval = growth_interval
+
+    def gradient(self, tape, scaled_total, variable):
+        """(gradient of the unscaled loss, whether its step should be taken), given a tape that
+        recorded `scaled_total` = loss * self.scale; updates the scale."""
+        gradient = tape.gradient(scaled_total, variable) / self.scale
+        if not self.dynamic:
+            return gradient, tf.constant(True)
+        finite = tf.reduce_all(tf.math.is_finite(gradient))
+        count = tf.where(finite, self.finite_steps + 1, 0)
+        grow = count >= self.growth_interval
+        self.scale.assign(tf.where(finite, tf.where(grow, 2.0, 1.0), 0.5) * self.scale)
+        self.finite_steps.assign(tf.where(grow, 0, count))
+        return gradient, finite
+
+
 def stylize(network, content, styles, settings, monitor=lambda progress: True, init_image=None,
             masks=None):
     """Render `content` (float32 RGB 0..255, already at the output size) in the style of `styles`.
@@ -437,12 +464,15 @@ def writeup_exact_images(content, styles):
 
 
 def _adam(objective, start, iterations, settings, report, clip=True):
-    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`); returns (image, last iteration,
-    status)."""
+    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`), with dynamic loss scaling
+    for a float16 network (a step whose gradient overflowed is skipped, but counts); returns (image,
+    last iteration, status)."""
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
+    usable = tf.Variable(True)  # False: the float16 gradient overflowed, the step is skipped
     adam = Adam(image, settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
+    loss_scale = LossScale(objective.vgg.dtype)
 
     @tf.function
     def evaluate():
@@ -450,13 +480,17 @@ def _adam(objective, start, iterations, settings, report, clip=True):
         with tf.GradientTape() as tape:
             terms = objective.terms(image)
             total = objective.total(terms)
-        gradient.assign(tape.gradient(total, image))
+            scaled = total * loss_scale.scale
+        unscaled, finite = loss_scale.gradient(tape, scaled, image)
+        gradient.assign(unscaled)
+        usable.assign(finite)
         return terms, total
 
     @tf.function
     def step():
         previous.assign(image)
-        adam.apply(gradient)
+        if usable:  # a tensor: autograph makes this a tf.cond
+            adam.apply(gradient)
         if clip:
             image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()

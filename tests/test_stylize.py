@@ -255,6 +255,78 @@ def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows(run_lbfgs):
     assert status == "diverged" and exact.exact_loss(without) >= 1e4
 
 
+# ---- float16: dynamic loss scaling ----------------------------------------------------------------
+
+def test_loss_scaling_halves_on_overflow_skips_and_grows_after_finite_steps():
+    scaling = stylize.LossScale(tf.float16, initial=2.0 ** 15, growth_interval=3)
+    x = tf.Variable(1.0)
+
+    def gradient():  # d/dx of 1000 x, with the backward pass in float16 (overflows past 65504)
+        with tf.GradientTape() as tape:
+            scaled = tf.cast(tf.cast(x, tf.float16) * 1000.0, tf.float32) * scaling.scale
+        return scaling.gradient(tape, scaled, x)
+    scales, results = [], []
+    for _ in range(16):
+        scales.append(float(scaling.scale))
+        value, finite = gradient()
+        results.append((float(value), bool(finite)))
+    skipped = next(i for i, (_, finite) in enumerate(results) if finite)  # overflowed until then
+    assert skipped > 0
+    for before, after, (value, finite) in zip(scales, scales[1:], results):
+        assert finite or after == before / 2
+        assert not finite or value == 1000.0  # unscaled in float32: the true gradient
+    first_finite = scales[skipped]
+    assert first_finite * 1000 <= 65504 < 2 * first_finite * 1000
+    assert scales[skipped:skipped + 3] == [first_finite] * 3 and all(f for _, f in results[skipped:skipped + 3])
+    # three finite steps in a row double the scale: here it overflows again and halves
+    assert scales[skipped + 3] == 2 * first_finite and not results[skipped + 3][1]
+
+
+def test_loss_scaling_is_only_for_float16():
+    for dtype in (tf.float32, tf.bfloat16):
+        scaling = stylize.LossScale(dtype)
+        x = tf.Variable(1.0)
+        with tf.GradientTape() as tape:
+            scaled = np.inf * x * scaling.scale
+        value, finite = scaling.gradient(tape, scaled, x)
+        assert float(scaling.scale) == 1.0 and bool(finite)
+
+
+def gradient_at_start(network, changes, dtype, scaling=False):
+    """The objective's gradient at the run's first image, the network in `dtype`, the loss scaled by
+    stylize.LossScale's first scale or not."""
+    run_settings = settings(**changes)
+    net = vgg.VGG(network, list(run_settings.content_layers) + list(run_settings.style_layers), dtype=dtype)
+    objective = stylize.Objective(net, CONTENT, [STYLE], [1.0], run_settings)
+    loss_scale = stylize.LossScale(net.dtype if scaling else tf.float32)
+    x = tf.constant(stylize.initial_image(run_settings, CONTENT, STYLE, network.mean_pixel)[np.newaxis])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        scaled = objective.total(objective.terms(x)) * loss_scale.scale
+    return loss_scale.gradient(tape, scaled, x)[0].numpy()
+
+
+def test_adam_in_float16_does_not_diverge_where_its_gradient_overflows(tiny_network):
+    changes = dict(style_weight=1e6, precision="float16", learning_rate=5.0, iterations=40)
+    assert not np.isfinite(gradient_at_start(tiny_network, changes, "float16")).all()  # unscaled: inf
+    result, seen = run(tiny_network, **changes)
+    assert result.status == "done" and np.isfinite(result.image).all()
+    losses = [p.total_loss for p in seen]
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+    # the steps skipped while the scale came down left the image as it was
+    skipped = next(i for i, loss in enumerate(losses) if loss != losses[0])
+    assert 0 < skipped < 30
+
+
+def test_loss_scaling_keeps_float16_gradients_that_would_underflow(tiny_network):
+    changes = dict(content_weight=1e-9, style_weight=1e-8)  # gradients of about 1e-7 a pixel
+    exact = gradient_at_start(tiny_network, changes, "float32")
+    unscaled = gradient_at_start(tiny_network, changes, "float16")
+    scaled = gradient_at_start(tiny_network, changes, "float16", scaling=True)
+    assert (unscaled == 0).mean() > 0.5 > (exact == 0).mean()  # most of it lost below float16's range
+    assert np.abs(scaled - exact).max() < 0.2 * np.abs(exact).max()  # float16's rounding, no more
+
+
 @BOTH_LBFGS
 def test_lbfgs_stops_once_a_fresh_start_makes_no_progress(run_lbfgs):
     evaluations = []
