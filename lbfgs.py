@@ -71,80 +71,71 @@ class LBFGS:
         self.rho = tf.Variable(tf.zeros(history))  # 0 marks an empty slot: it then contributes nothing
         self.head = tf.Variable(0)  # slot of the next pair
         self.history = history
-        self.step = tf.function(self._step)
+        self.step = tf.function(self._step, autograph=False)  # control flow is explicit tf.cond
 
     def _step(self):
+        """One evaluation; its outcome is chosen with selects on scalars, so that the graph has one
+        branch (a move: accept a point or stall) and traces in seconds."""
         trial = tf.clip_by_value(self.x + self.alpha * self.d, self.lower, self.upper)
         self.trial.assign(trial)
         f, g, aux = self.evaluate(trial)
         g = tf.cast(g, tf.float32)
         f = tf.cast(f, tf.float32)
         f = tf.where(tf.math.is_finite(f) & tf.reduce_all(tf.math.is_finite(g)), f, float("inf"))
-        better = f < self.best_f
-        self.best.assign(tf.where(better, trial, self.best))
+        self.best.assign(tf.where(f < self.best_f, trial, self.best))
         self.best_f.assign(tf.minimum(f, self.best_f))
-        first = ~tf.math.is_finite(self.f)
-        event = tf.cond(first, lambda: tf.cond(tf.math.is_finite(f), lambda: self._accept(trial, f, g),
-                                               lambda: tf.constant(REJECTED)),
-                        lambda: self._search(trial, f, g))
-        return f, aux, event
 
-    def _search(self, trial, f, g):
-        """One line-search trial at step `alpha`: accept it, or narrow the bracket and pick the next."""
+        # The Wolfe conditions along the step made, s.
         s = trial - self.x
         decrease, slope_s = tf.reduce_sum(self.g * s), tf.reduce_sum(g * s)
         sufficient = f <= self.f + self.c1 * decrease
-        curvature = tf.abs(slope_s) <= self.c2 * tf.abs(decrease)
+        wolfe = sufficient & (tf.abs(slope_s) <= self.c2 * tf.abs(decrease)) & (decrease < 0)
+        first = ~tf.math.is_finite(self.f)  # the start itself, accepted once finite
+        low, high, a = self.low.value(), self.high.value(), self.alpha.value()
+        # Out of trials, or no decrease possible along this path: take the low end if it decreased
+        # the loss, else stall.
+        give_up = ~first & ~wolfe & ((self.trials + 1 >= MAX_TRIALS) | (decrease >= 0))
+        take_trial = tf.where(first, tf.math.is_finite(f), wolfe)
+        take_low = give_up & (low[0] > 0)
+        event = tf.where(take_trial | take_low, ACCEPTED, tf.where(give_up, STALLED, REJECTED))
+
+        # Otherwise narrow the bracket (step, loss, slope along the path per unit of step).
+        point = tf.stack([a, f, slope_s / a])
+        too_high = ~sufficient | (f >= low[1])
+        passed = tf.where(self.bracketed, point[2] * (high[0] - low[0]) >= 0, point[2] >= 0)
+        new_high = tf.where(too_high, point, tf.where(passed, low, high))
+        new_low = tf.where(too_high, low, point)
+        bracketed = self.bracketed | too_high | passed
+        # The next trial: the cubic's minimum inside the bracket, kept off its ends (a tenth of the
+        # way in from the low end where the high end's loss is not finite); without a bracket yet,
+        # further along, up to four times the step.
+        lo, hi = new_low[0], new_high[0]
+        inside = _cubic_minimum(lo, new_low[1], new_low[2], hi, new_high[1], new_high[2])
+        ends = tf.sort(tf.stack([lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo)]))
+        inside = tf.where(tf.math.is_finite(inside), tf.clip_by_value(inside, ends[0], ends[1]), 0.5 * (lo + hi))
+        inside = tf.where(tf.math.is_finite(new_high[1]), inside, lo + 0.1 * (hi - lo))
+        beyond = _cubic_minimum(low[0], low[1], low[2], a, f, point[2])
+        beyond = tf.where(tf.math.is_finite(beyond) & (beyond > a), tf.minimum(beyond, 4.0 * a), 4.0 * a)
+        self.alpha.assign(tf.where(first, a, tf.where(bracketed, inside, tf.maximum(beyond, 1.1 * a))))
+        moved_to = tf.where(take_low, self.low_x, trial)  # read before the low end moves
+        moved_g = tf.where(take_low, self.low_g, g)
+        moved_f = tf.where(take_low, low[1], f)
+        self.low_x.assign(tf.where(too_high, self.low_x, trial))
+        self.low_g.assign(tf.where(too_high, self.low_g, g))
+        self.low.assign(new_low)
+        self.high.assign(new_high)
+        self.bracketed.assign(bracketed)
         self.trials.assign_add(1)
-        a = self.alpha
-        point = tf.stack([a, f, slope_s / a])  # the slope along the path, per unit of step
+        tf.cond(event != REJECTED, lambda: self._move(moved_to, moved_f, moved_g, event == ACCEPTED),
+                lambda: 0)
+        return f, aux, event
 
-        def narrow():
-            low, high = self.low.value(), self.high.value()
-            too_high = ~sufficient | (f >= low[1])
-            passed = tf.where(self.bracketed, point[2] * (high[0] - low[0]) >= 0, point[2] >= 0)
-            new_high = tf.where(too_high, point, tf.where(passed, low, high))
-            new_low = tf.where(too_high, low, point)
-            bracketed = self.bracketed | too_high | passed
-            self.high.assign(new_high)
-            self.low.assign(new_low)
-            self.bracketed.assign(bracketed)
-
-            def keep_low():
-                self.low_x.assign(trial)
-                self.low_g.assign(g)
-                return 0
-            tf.cond(too_high, lambda: 0, keep_low)
-            # Next trial: the cubic's minimum inside the bracket, kept off its ends (a tenth of the
-            # way in from the low end where the high end's loss is not finite); without a bracket
-            # yet, further along, up to four times the step.
-            lo, hi = new_low[0], new_high[0]
-            inside = _cubic_minimum(new_low[0], new_low[1], new_low[2], new_high[0], new_high[1], new_high[2])
-            ends = tf.sort(tf.stack([lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo)]))
-            inside = tf.where(tf.math.is_finite(inside), tf.clip_by_value(inside, ends[0], ends[1]),
-                              0.5 * (lo + hi))
-            inside = tf.where(tf.math.is_finite(new_high[1]), inside, lo + 0.1 * (hi - lo))
-            beyond = _cubic_minimum(low[0], low[1], low[2], a, f, point[2])
-            beyond = tf.where(tf.math.is_finite(beyond) & (beyond > a), tf.minimum(beyond, 4.0 * a), 4.0 * a)
-            self.alpha.assign(tf.where(bracketed, inside, tf.maximum(beyond, 1.1 * a)))
-            return tf.constant(REJECTED)
-
-        def give_up():
-            # Out of trials: take the low end if it decreased the loss, else no decrease was found.
-            return tf.cond(self.low[0] > 0, lambda: self._accept(self.low_x, self.low[1], self.low_g),
-                           self._stall)
-        return tf.cond(sufficient & curvature & (decrease < 0), lambda: self._accept(trial, f, g),
-                       lambda: tf.cond((self.trials >= MAX_TRIALS) | (decrease >= 0), give_up, narrow))
-
-    def _stall(self):
-        self.rho.assign(tf.zeros_like(self.rho))
-        self._new_direction()
-        return tf.constant(STALLED)
-
-    def _accept(self, point, f, g):
+    def _move(self, point, f, g, accepted):
+        """Accept `point` (its correction pair stored when its curvature is above rounding) or, after a
+        stall, stay and drop the history; then the next direction."""
         s, y = point - self.x, g - self.g
         sy, yy = tf.reduce_sum(s * y), tf.reduce_sum(y * y)
-        keep = tf.math.is_finite(self.f) & (sy > EPSILON * tf.abs(tf.reduce_sum(self.g * s)))
+        keep = accepted & tf.math.is_finite(self.f) & (sy > EPSILON * tf.abs(tf.reduce_sum(self.g * s)))
 
         def store():
             self.s[self.head].assign(s)
@@ -154,11 +145,12 @@ class LBFGS:
             self.gamma.assign(sy / yy)
             return 0
         tf.cond(keep, store, lambda: 0)
-        self.x.assign(point)
-        self.f.assign(f)
-        self.g.assign(g)
+        self.rho.assign(tf.where(accepted, self.rho, tf.zeros_like(self.rho)))
+        self.x.assign(tf.where(accepted, point, self.x))
+        self.g.assign(tf.where(accepted, g, self.g))
+        self.f.assign(tf.where(accepted, f, self.f))
         self._new_direction()
-        return tf.constant(ACCEPTED)
+        return 0
 
     def _new_direction(self):
         """The two-loop recursion on the free variables' gradient (those at a bound with the
