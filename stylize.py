@@ -47,7 +47,7 @@ class Settings:
     style_scale: float = 1.0  # style long side relative to the output's
     optimizer: str = _writeup("optimizer")
     learning_rate: float = _writeup("learning_rate")
-    lbfgs_impl: str = "scipy"  # one of LBFGS_IMPLS; "tf" (lbfgs.py) is opt-in until it matches scipy
+    lbfgs_impl: str = "tf"  # one of LBFGS_IMPLS: lbfgs.py, or scipy's (unbounded and rounds: keras)
     iterations: int = _writeup("iterations")
     init: str = _writeup("init")
     noise_ratio: float = _writeup("noise_ratio")
@@ -295,7 +295,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         if settings.optimizer == "adam":
             reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
-            if settings.lbfgs_impl == "tf":  # lbfgs.py: always within 0..255 (its bounds)
+            if settings.lbfgs_impl == "tf":
                 reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
             else:
                 reached, done, status = _lbfgs(objective, start, steps, report, exact, clip,
@@ -711,6 +711,10 @@ def _check_settings(settings, style_count):
         raise UserError(f"Adam's epsilon must be positive and finite, not {settings.adam_epsilon}")
     if settings.lbfgs_round is not None and settings.lbfgs_round < 1:
         raise UserError(f"L-BFGS round must be a positive number of evaluations, not {settings.lbfgs_round}")
+    if settings.optimizer == "lbfgs" and settings.lbfgs_impl == "tf" and (
+            settings.lbfgs_round is not None or not settings.clip_image or settings.writeup_exact):
+        raise UserError("--lbfgs-impl tf keeps the image in 0..255 and its history for the whole run; for "
+                        "--lbfgs-round, --no-clip-image or --writeup-exact use --lbfgs-impl scipy")
     balance = settings.balance
     if balance not in BALANCES and not (isinstance(balance, (int, float)) and np.isfinite(balance)
                                         and balance > 0):

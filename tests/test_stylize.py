@@ -186,6 +186,13 @@ def test_unknown_lbfgs_implementation_is_a_user_error(tiny_network):
         run(tiny_network, optimizer="lbfgs", lbfgs_impl="cuda")
 
 
+@pytest.mark.parametrize("changes", [dict(lbfgs_round=4), dict(clip_image=False), dict(writeup_exact=True)])
+def test_what_only_scipys_lbfgs_does_asks_for_it(tiny_network, changes):
+    with pytest.raises(UserError, match="use --lbfgs-impl scipy"):
+        run(tiny_network, optimizer="lbfgs", **changes)
+    assert settings_for_preset("keras").lbfgs_impl == "scipy"  # unbounded, in rounds
+
+
 # ---- speed levers ------------------------------------------------------------------------------
 
 def small_settings(**changes):
@@ -442,11 +449,12 @@ def test_lbfgs_rounds_start_afresh_every_n_evaluations(tiny_network, monkeypatch
         calls.append(kwargs["options"]["maxfun"])
         return minimize(*args, **kwargs)
     monkeypatch.setattr(stylize.scipy.optimize, "minimize", counted)
-    result, seen = run(tiny_network, optimizer="lbfgs", iterations=12, lbfgs_round=4, clip_image=False)
+    result, seen = run(tiny_network, optimizer="lbfgs", iterations=12, lbfgs_round=4, clip_image=False,
+                       lbfgs_impl="scipy")
     assert result.status == "done" and seen[-1].iteration == 12
     assert len(calls) >= 2 and set(calls) == {4}  # Keras: 10 calls of fmin_l_bfgs_b(maxfun=20)
     calls.clear()
-    run(tiny_network, optimizer="lbfgs", iterations=12)
+    run(tiny_network, optimizer="lbfgs", iterations=12, lbfgs_impl="scipy")
     assert len(calls) == 1  # without rounds, one run keeps its history
 
 
