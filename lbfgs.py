@@ -9,8 +9,8 @@ and either accepts the point (new correction pair, new two-loop direction) or pi
 Only the loss value, its auxiliary terms and a small event code come back to the host.
 
 Along the projected path the slopes are taken along the step actually made, s = P(x + a d) - x:
-sufficient decrease f <= f(x) + c1 g(x)'s and curvature |g'(s)| <= c2 |g(x)'s|. The second gives
-s'y >= (1 - c2) |g(x)'s| > 0, so an accepted pair keeps the Hessian estimate positive definite;
+sufficient decrease f <= f(x) + c1 g(x)'s and curvature |g's| <= c2 |g(x)'s|, g at the trial. That
+gives s'y >= (1 - c2) |g(x)'s| > 0, so an accepted pair keeps the Hessian estimate positive definite;
 a pair is stored only when s'y is above rounding (as scipy's L-BFGS-B tests it).
 """
 from quiet_tf import tf
@@ -23,7 +23,7 @@ EPSILON = 1.1920929e-07  # float32's machine epsilon: a smaller s'y is rounding,
 def loss_scale(gradient):
     """The factor both L-BFGS implementations multiply the loss by, from its first gradient.
 
-    Their first step is -gradient itself (scipy's L-BFGS-B with bounds; lbfgs.py as it): where that
+    Their first step is -gradient itself (scipy's L-BFGS-B with bounds, and lbfgs.py): where that
     moves no pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line
     search starts far too short. Scaled, the steepest pixel moves by at least one level (the same
     minimum); a loss of ordinary scale is left as it is."""
@@ -104,22 +104,35 @@ class LBFGS:
         too_high = ~sufficient | (f >= low[1])
         passed = tf.where(self.bracketed, point[2] * (high[0] - low[0]) >= 0, point[2] >= 0)
         new_high = tf.where(too_high, point, tf.where(passed, low, high))
-        new_low = tf.where(too_high, low, point)
+        # Below a trial that was too high the search goes on along the straight segment to it, as
+        # scipy's does: it lies in the box, so the loss along it is smooth and the slope at x is
+        # exact, g(x)'s per unit of step (the projected path's clipping made that slope too steep).
+        segment_start = tf.stack([0.0, low[1], decrease / a])
+        new_low = tf.where(too_high, tf.where(low[0] > 0, low, segment_start), point)
         bracketed = self.bracketed | too_high | passed
-        # The next trial: the cubic's minimum inside the bracket, kept off its ends (a tenth of the
-        # way in from the low end where the high end's loss is not finite); without a bracket yet,
-        # further along, up to four times the step.
+        # The next trial: the cubic's minimum inside the bracket, kept off its ends; where this trial
+        # was too high, the cubic's or its mean with the quadratic's (from the low end's loss and
+        # slope), whichever is nearer the low end (More & Thuente's first case: a step far too long,
+        # clipped to the bounds, is cut by more than tenfold at once), and a tenth of the way in
+        # where the loss was not finite. Without a bracket yet: further along, up to four times.
         lo, hi = new_low[0], new_high[0]
-        inside = _cubic_minimum(lo, new_low[1], new_low[2], hi, new_high[1], new_high[2])
-        ends = tf.sort(tf.stack([lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo)]))
-        inside = tf.where(tf.math.is_finite(inside), tf.clip_by_value(inside, ends[0], ends[1]), 0.5 * (lo + hi))
-        inside = tf.where(tf.math.is_finite(new_high[1]), inside, lo + 0.1 * (hi - lo))
+        width = hi - lo
+        cubic = _cubic_minimum(lo, new_low[1], new_low[2], hi, new_high[1], new_high[2])
+        curvature = (new_high[1] - new_low[1] - new_low[2] * width) / (width * width)
+        quadratic = lo - new_low[2] / (2.0 * curvature)
+        cut = tf.where(tf.abs(cubic - lo) < tf.abs(quadratic - lo), cubic, 0.5 * (cubic + quadratic))
+        inside = tf.where(too_high, cut, cubic)
+        ends = tf.sort(tf.stack([lo + tf.where(too_high, 1e-3, 0.1) * width, hi - 0.1 * width]))
+        inside = tf.where(tf.math.is_finite(inside), tf.clip_by_value(inside, ends[0], ends[1]),
+                          lo + 0.5 * width)
+        inside = tf.where(tf.math.is_finite(new_high[1]), inside, lo + 0.1 * width)
         beyond = _cubic_minimum(low[0], low[1], low[2], a, f, point[2])
         beyond = tf.where(tf.math.is_finite(beyond) & (beyond > a), tf.minimum(beyond, 4.0 * a), 4.0 * a)
         self.alpha.assign(tf.where(first, a, tf.where(bracketed, inside, tf.maximum(beyond, 1.1 * a))))
         moved_to = tf.where(take_low, self.low_x, trial)  # read before the low end moves
         moved_g = tf.where(take_low, self.low_g, g)
         moved_f = tf.where(take_low, low[1], f)
+        self.d.assign(tf.where(too_high & ~first, s / a, self.d))
         self.low_x.assign(tf.where(too_high, self.low_x, trial))
         self.low_g.assign(tf.where(too_high, self.low_g, g))
         self.low.assign(new_low)
