@@ -332,9 +332,6 @@ def resolve_balance(settings, objective, network, start, content, styles, masks)
                       "format": 1}, sort_keys=True)
     key = hashlib.sha256(key.encode()).hexdigest()
     reference = losses.UNITS[settings.loss_units].reference_balance
-    if reference is None:
-        raise UserError(f"--balance auto has no reference balance for the {settings.loss_units} loss units; "
-                        f"give --balance a number or use --loss-units authors or printed")
     cache = _balance_cache(network)
     if key in cache:
         return cache[key]

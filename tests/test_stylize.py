@@ -616,14 +616,15 @@ def _objective_and_start(network, size, units, balance="off"):
     return settings, objective, start, content, style
 
 
+@pytest.mark.parametrize("units", sorted(losses.UNITS))
 def test_calibration_factor_is_the_reference_times_the_gradient_norm_ratio(tiny_network, tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, units):
     monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
-    settings, objective, start, content, style = _objective_and_start(tiny_network, (40, 48), "authors",
+    settings, objective, start, content, style = _objective_and_start(tiny_network, (40, 48), units,
                                                                       "auto")
     content_norm, style_norm = objective.gradient_norms(start)
     factor = stylize.resolve_balance(settings, lambda: objective, tiny_network, start, content, [style], None)
-    assert factor == pytest.approx(losses.UNITS["authors"].reference_balance * content_norm / style_norm,
+    assert factor == pytest.approx(losses.UNITS[units].reference_balance * content_norm / style_norm,
                                    rel=1e-4)
     # Measured once: the second run reads it from the cache beside the network.
     assert (tmp_path / "balance.json").exists()
