@@ -3,6 +3,7 @@
     python benchmark.py                        # everything, on a random full-size VGG19 (~1 h on 2 cores)
     python benchmark.py --network weights/imagenet-vgg-verydeep-19.mat --only steps,quality
     python benchmark.py --quick                # tiny sizes and a tiny network: proves it runs
+    python benchmark.py --gpu                  # the GPU check, at most five minutes
 
 Speed does not depend on the weights' values, so without --network the benchmark writes a VGG19
 .mat with random weights of the real shapes (548 MB, kept in weights/ for the next run). Sections:
@@ -15,6 +16,11 @@ Speed does not depend on the weights' values, so without --network the benchmark
   startup  seconds from the command to the first iteration of neural_style.py with a .mat of
            the real size;
   feedforward  fast_style.py: seconds to stylize a 512x512 image, training steps per second.
+--gpu replaces them all with one section (on a machine with no GPU it says so and stops):
+  gpu      what --precision auto picks, whether short Adam and L-BFGS runs in each reduced
+           precision stay finite (float16 through its loss scaling), seconds per Adam step and per
+           L-BFGS evaluation of both implementations at 512 px, and the fast preset's wall time at
+           512, 1024 and 2048 px (a size not begun within the five minutes is left out).
 """
 import argparse
 import dataclasses
@@ -32,6 +38,7 @@ import numpy as np
 
 import images
 import vgg
+from errors import UserError
 from presets import settings_for_preset
 from quiet_tf import tf
 
@@ -40,6 +47,7 @@ EXAMPLE_CONTENT = ROOT / "examples" / "chelsea.jpg"
 EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
 RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"
 SECTIONS = ("steps", "memory", "quality", "startup", "feedforward")
+GPU_SECONDS = 300  # the --gpu check's budget
 
 
 def main(argv=None):
@@ -56,19 +64,25 @@ def main(argv=None):
     parser.add_argument("--quality-size", type=int, default=512)
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
     parser.add_argument("--quick", action="store_true", help="tiny network and sizes (for the tests)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU check instead of the sections "
+                        "(at most five minutes)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one run in a fresh process
     args = parser.parse_args(argv)
     if args.probe:
         return probe(args)
+    if args.gpu and not tf.config.list_physical_devices("GPU"):
+        raise UserError("benchmark.py --gpu: TensorFlow sees no GPU on this machine; nothing was measured")
     if args.quick:
         args.sizes, args.memory_sizes, args.repeats = "32,48", "48", 2
         args.reference_iterations, args.quality_size = 6, 64
     network_path = args.network or ensure_random_network(args.quick)
-    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    sections = ["gpu"] if args.gpu else [s.strip() for s in args.only.split(",") if s.strip()]
     results = {"machine": machine(), "network": str(network_path)}
     network = vgg.load(network_path)
     content, style = images.load_image(args.content), images.load_image(args.style)
     precisions = (args.precisions.split(",") if args.precisions else default_precisions())
+    if "gpu" in sections:
+        results["gpu"] = gpu_check(network, content, style)
     if "steps" in sections:
         results["steps"] = step_times(network, content, style, _ints(args.sizes), precisions, args.repeats)
     if "memory" in sections:
@@ -182,6 +196,9 @@ def plain_step(network, content, style, settings):
     return lambda: float(step())
 
 
+OPTIMIZERS = (("adam", None), ("lbfgs", "scipy"), ("lbfgs", "tf"))  # with the L-BFGS implementation
+
+
 def step_times(network, content, style, sizes, precisions, repeats):
     rows = []
     base = settings_for_preset("writeup")
@@ -189,16 +206,73 @@ def step_times(network, content, style, sizes, precisions, repeats):
         c = images.resize(content, size * 3 // 4, size)  # 4:3, as 512x384 in the targets
         plain = plain_step(network, c, fit(style, size), base)
         rows.append({"size": f"{c.shape[1]}x{c.shape[0]}", "precision": "float32", "optimizer": "plain",
-                     "seconds": _time(plain, repeats, warmup=2)["median"]})
+                     "lbfgs_impl": None, "seconds": _time(plain, repeats, warmup=2)["median"]})
         print(f"  step {rows[-1]}", file=sys.stderr)
         for precision in precisions:
-            for optimizer in ("adam", "lbfgs"):
-                s = dataclasses.replace(base, optimizer=optimizer, precision=precision, recompute=False,
-                                        iterations=repeats + 2)
+            for optimizer, impl in OPTIMIZERS:
+                s = dataclasses.replace(base, optimizer=optimizer, lbfgs_impl=impl or base.lbfgs_impl,
+                                        precision=precision, recompute=False, iterations=repeats + 2)
                 per_iteration = timed_run(network, c, style, s)[2:]  # the first two trace and warm up
                 rows.append({"size": f"{c.shape[1]}x{c.shape[0]}", "precision": precision,
-                             "optimizer": optimizer, "seconds": float(np.median(per_iteration))})
+                             "optimizer": optimizer, "lbfgs_impl": impl,
+                             "seconds": float(np.median(per_iteration))})
                 print(f"  step {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+# ---- the GPU check ------------------------------------------------------------------------------
+
+def gpu_check(network, content, style, step_size=512, fast_sizes=(512, 1024, 2048), run_iterations=50,
+              repeats=5, budget=GPU_SECONDS, fast_iterations=None):
+    """What --precision auto picks, whether `run_iterations` of Adam and of L-BFGS (both
+    implementations) in each reduced precision stay finite, the step timings at `step_size` in
+    float32 and the automatic precision, and the fast preset's wall time per size while `budget`
+    seconds last."""
+    start = time.perf_counter()
+    auto = vgg.resolve_precision("auto")
+    gpus = tf.config.list_physical_devices("GPU")
+    details = [tf.config.experimental.get_device_details(gpu) for gpu in gpus]
+    names = [d.get("device_name", gpu.name) for d, gpu in zip(details, gpus)]
+    result = {"auto_precision": auto, "gpus": names,
+              "compute_capability": [list(d.get("compute_capability", ())) for d in details]}
+    from stylize import stylize
+    c = fit(content, step_size)
+    stable = []
+    for precision in ("bfloat16", "float16"):
+        for optimizer, impl in OPTIMIZERS:
+            settings = settings_for_preset("writeup", optimizer=optimizer, lbfgs_impl=impl,
+                                           precision=precision, iterations=run_iterations, seed=0)
+            losses = []
+            run = stylize(network, c, [style], settings, lambda p: losses.append(p.total_loss) or True)
+            stable.append({"precision": precision, "optimizer": optimizer, "lbfgs_impl": impl,
+                           "status": run.status, "first_loss": losses[0], "lowest_loss": min(losses),
+                           "stable": run.status == "done" and bool(np.isfinite(losses).all())})
+            print(f"  gpu {stable[-1]}", file=sys.stderr)
+    result["short_runs"] = stable
+    result["steps"] = step_times(network, content, style, [step_size], list(dict.fromkeys(["float32", auto])),
+                                 repeats)
+    adam = {r["precision"]: r["seconds"] for r in result["steps"] if r["optimizer"] == "adam"}
+    result["auto_speedup"] = adam["float32"] / adam[auto]
+    result["fast"] = fast_wall_times(network, content, style, fast_sizes, start + budget, fast_iterations)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def fast_wall_times(network, content, style, sizes, deadline, iterations=None):
+    """The fast preset's seconds per long side (its own iterations unless `iterations`); a size
+    not begun by `deadline` (a time.perf_counter() value) is left out."""
+    from stylize import stylize
+    rows = []
+    for size in sizes:
+        if time.perf_counter() > deadline:
+            rows.append({"size": size, "skipped": "past the time budget"})
+            continue
+        image = fit(content, size)
+        began = time.perf_counter()
+        run = stylize(network, image, [style], settings_for_preset("fast", iterations=iterations, seed=0))
+        rows.append({"size": size, "image": f"{image.shape[1]}x{image.shape[0]}", "status": run.status,
+                     "seconds": time.perf_counter() - began})
+        print(f"  gpu {rows[-1]}", file=sys.stderr)
     return rows
 
 
@@ -380,20 +454,44 @@ def _time(call, repeats, warmup):
     return {"median": float(np.median(times)), "best": min(times)}
 
 
+def _optimizer(row):
+    return row["optimizer"] + (f" ({row['lbfgs_impl']})" if row["lbfgs_impl"] else "")
+
+
+def steps_table(rows):
+    """Seconds per step, a row per size and precision, a column per optimizer; with a plain step
+    (plain_step) at that size, the issue's ratios: Adam over the plain float32 step, L-BFGS over Adam."""
+    keyed = {(r["size"], r["precision"], r["optimizer"], r["lbfgs_impl"]): r["seconds"] for r in rows}
+    lines = ["", "| size | precision | Adam step (s) | L-BFGS evaluation, scipy (s) | L-BFGS evaluation, tf (s) "
+                 "| Adam / plain float32 step | L-BFGS tf / Adam |", "|---|---|---|---|---|---|---|"]
+    for size, precision in dict.fromkeys((r["size"], r["precision"]) for r in rows if r["optimizer"] != "plain"):
+        adam, plain = keyed[(size, precision, "adam", None)], keyed.get((size, "float32", "plain", None))
+        lines.append(f"| {size} | {precision} | " + " | ".join(
+            f"{keyed[(size, precision, optimizer, impl)]:.3f}" for optimizer, impl in OPTIMIZERS)
+            + f" | {f'{adam / plain:.2f}' if plain else '-'} | {keyed[(size, precision, 'lbfgs', 'tf')] / adam:.2f} |")
+    lines += [f"plain TF2 float32 step (benchmark.plain_step) at {r['size']}: {r['seconds']:.3f} s"
+              for r in rows if r["optimizer"] == "plain"]
+    return lines
+
+
 def table(results):
     lines = [f"machine: {results['machine']}", f"network: {results['network']}"]
+    if "gpu" in results:
+        g = results["gpu"]
+        lines += ["", f"GPU check ({g['seconds']:.0f} s): {', '.join(g['gpus'])}, compute capability "
+                      f"{g['compute_capability']}; --precision auto picks {g['auto_precision']}, "
+                      f"{g['auto_speedup']:.2f}x float32's Adam step",
+                  "", "| precision | optimizer | status | first loss | lowest loss | finite |", "|---|---|---|---|---|---|"]
+        for r in g["short_runs"]:
+            lines.append(f"| {r['precision']} | {_optimizer(r)} | {r['status']} | {r['first_loss']:.4g} | "
+                         f"{r['lowest_loss']:.4g} | {'yes' if r['stable'] else 'NO'} |")
+        lines += steps_table(g["steps"])
+        lines += ["", "| fast preset, long side | image | seconds |", "|---|---|---|"]
+        for r in g["fast"]:
+            seconds = f"{r['seconds']:.1f} ({r['status']})" if "seconds" in r else r["skipped"]
+            lines.append(f"| {r['size']} | {r.get('image', '-')} | {seconds} |")
     if "steps" in results:
-        lines += ["", "| size | precision | Adam step (s) | L-BFGS evaluation (s) | Adam / plain step | "
-                      "L-BFGS / Adam |", "|---|---|---|---|---|---|"]
-        keyed = {(r["size"], r["precision"], r["optimizer"]): r["seconds"] for r in results["steps"]}
-        for size, precision in dict.fromkeys((r["size"], r["precision"]) for r in results["steps"]
-                                             if r["optimizer"] != "plain"):
-            adam, lbfgs = keyed[(size, precision, "adam")], keyed[(size, precision, "lbfgs")]
-            plain = keyed[(size, "float32", "plain")]
-            lines.append(f"| {size} | {precision} | {adam:.3f} | {lbfgs:.3f} | {adam / plain:.2f} | "
-                         f"{lbfgs / adam:.2f} |")
-        lines += [f"plain TF2 float32 step (benchmark.plain_step) at {size}: {keyed[(size, 'float32', 'plain')]:.3f} s"
-                  for size in dict.fromkeys(r["size"] for r in results["steps"])]
+        lines += steps_table(results["steps"])
     if "memory" in results:
         lines += ["", "| long side | preset | image | peak RSS (GB) | seconds |", "|---|---|---|---|---|"]
         for r in results["memory"]:
@@ -421,4 +519,5 @@ def table(results):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import cli
+    sys.exit(cli.entry(main))

@@ -107,9 +107,9 @@ def build_parser():
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
                      "with native bfloat16, bfloat16 on a GPU of compute capability >= 8, float16 on older GPUs, else "
                      "float32")
-    opt.add_argument("--lbfgs-impl", choices=("scipy", "tf"), default="scipy",
-                     help="L-BFGS implementation: scipy's L-BFGS-B on the host, or lbfgs.py on the device "
-                     "(experimental; see docs/speed.md)")
+    opt.add_argument("--lbfgs-impl", choices=("tf", "scipy"),
+                     help="L-BFGS implementation: tf, lbfgs.py on the device (default), or scipy's L-BFGS-B "
+                     "on the host (keras: the only one that runs unbounded and in rounds)")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")

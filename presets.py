@@ -103,7 +103,7 @@ PRESETS["keras"] = {
     "content_weight": 0.025, "style_weight": 1.0, "tv_weight": 1.0,
     "loss_units": "keras",  # sum (F-P)^2; channels = 3, size = rows*cols; (dx^2 + dy^2)^1.25 TV
     # 10 calls of fmin_l_bfgs_b(maxfun=20), unbounded, from the content image.
-    "optimizer": "lbfgs", "iterations": 200, "lbfgs_round": 20, "clip_image": False,
+    "optimizer": "lbfgs", "iterations": 200, "lbfgs_round": 20, "clip_image": False, "lbfgs_impl": "scipy",
     "scales": ((1.0, None),), "init": "content", "pooling": "max", "precision": "float32", "normalize_network": False,
     "max_size": None, "height": 400, "style_at_content_size": True,  # load_img(target_size=(400, ...))
 }

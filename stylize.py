@@ -48,7 +48,7 @@ class Settings:
     style_scale: float = 1.0  # style long side relative to the output's
     optimizer: str = _writeup("optimizer")
     learning_rate: float = _writeup("learning_rate")
-    lbfgs_impl: str = "scipy"  # one of LBFGS_IMPLS; "tf" (lbfgs.py) is opt-in until it matches scipy
+    lbfgs_impl: str = "tf"  # one of LBFGS_IMPLS: lbfgs.py, or scipy's (unbounded and rounds: keras)
     iterations: int = _writeup("iterations")
     init: str = _writeup("init")
     noise_ratio: float = _writeup("noise_ratio")
@@ -166,6 +166,33 @@ class Objective:
         return tf.reduce_sum(self.weights * terms)
 
 
+class LossScale:
+    """Dynamic loss scaling for a float16 network, whose backward pass overflows past 65504 and loses
+    gradients below 6e-8: the loss is multiplied by `scale` before the backward pass and the gradient
+    divided by it in float32. A gradient that is not finite halves the scale (its step is to be
+    skipped); `growth_interval` finite ones in a row double it. In another precision the scale is 1
+    and every gradient is used as it is."""
+
+    def __init__(self, dtype, initial=2.0 ** 15, growth_interval=200):
+        self.dynamic = dtype == tf.float16
+        self.scale = tf.Variable(initial if self.dynamic else 1.0)
+        self.finite_steps = tf.Variable(0)
+        self.growth_interval = growth_interval
+
+    def gradient(self, tape, scaled_total, variable):
+        """(gradient of the unscaled loss, whether its step should be taken), given a tape that
+        recorded `scaled_total` = loss * self.scale; updates the scale."""
+        gradient = tape.gradient(scaled_total, variable) / self.scale
+        if not self.dynamic:
+            return gradient, tf.constant(True)
+        finite = tf.reduce_all(tf.math.is_finite(gradient))
+        count = tf.where(finite, self.finite_steps + 1, 0)
+        grow = count >= self.growth_interval
+        self.scale.assign(tf.where(finite, tf.where(grow, 2.0, 1.0), 0.5) * self.scale)
+        self.finite_steps.assign(tf.where(grow, 0, count))
+        return gradient, finite
+
+
 def stylize(network, content, styles, settings, monitor=lambda progress: True, init_image=None,
             masks=None):
     """Render `content` (float32 RGB 0..255, already at the output size) in the style of `styles`.
@@ -254,7 +281,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         if settings.optimizer == "adam":
             reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
-            if settings.lbfgs_impl == "tf":  # lbfgs.py: always within 0..255 (its bounds)
+            if settings.lbfgs_impl == "tf":
                 reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
             else:
                 reached, done, status = _lbfgs(objective, start, steps, report, exact, clip,
@@ -420,12 +447,15 @@ def writeup_exact_images(content, styles):
 
 
 def _adam(objective, start, iterations, settings, report, clip=True):
-    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`); returns (image, last iteration,
-    status)."""
+    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`), with dynamic loss scaling
+    for a float16 network (a step whose gradient overflowed is skipped, but counts); returns (image,
+    last iteration, status)."""
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
+    usable = tf.Variable(True)  # False: the float16 gradient overflowed, the step is skipped
     adam = Adam([image], settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
+    loss_scale = LossScale(objective.vgg.dtype)
 
     @tf.function
     def evaluate():
@@ -433,13 +463,17 @@ def _adam(objective, start, iterations, settings, report, clip=True):
         with tf.GradientTape() as tape:
             terms = objective.terms(image)
             total = objective.total(terms)
-        gradient.assign(tape.gradient(total, image))
+            scaled = total * loss_scale.scale
+        unscaled, finite = loss_scale.gradient(tape, scaled, image)
+        gradient.assign(unscaled)
+        usable.assign(finite)
         return terms, total
 
     @tf.function
     def step():
         previous.assign(image)
-        adam.apply([gradient])
+        if usable:  # a tensor: autograph makes this a tf.cond
+            adam.apply([gradient])
         if clip:
             image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()
@@ -470,6 +504,27 @@ class _HandOver(Exception):
     """Raised inside the L-BFGS objective when a reduced-precision loss overflows."""
 
 
+def _scaled_loss_and_gradient(objective):
+    """x -> (loss, gradient, (terms, total)) for either L-BFGS: the loss and gradient multiplied by
+    lbfgs.loss_scale of the first gradient (the same minimum), infinite where the gradient is not
+    finite (a reduced-precision backward pass can overflow where the float32 loss does not); the
+    terms and total unscaled, for the progress report."""
+    import lbfgs
+    scale = tf.Variable(0.0)  # 0 until the first evaluation sets it
+
+    @tf.function
+    def loss_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            terms = objective.terms(x)
+            total = objective.total(terms)
+        gradient = tape.gradient(total, x)
+        scale.assign(tf.where(scale > 0, scale, lbfgs.loss_scale(gradient)))
+        finite = tf.reduce_all(tf.math.is_finite(gradient))
+        return tf.where(finite, total * scale, float("inf")), gradient * scale, (terms, total)
+    return loss_and_gradient
+
+
 def _lbfgs_tf(objective, start, iterations, report, exact=None):
     """lbfgs.py's L-BFGS on the device, with _lbfgs's contract: an iteration is one evaluation, the
     best image is returned, and in reduced precision `exact()` takes over in float32 once the line
@@ -477,31 +532,21 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
     image with a fresh history while that still makes progress."""
     import lbfgs
     shape = (1,) + start.shape
-
-    def optimiser(objective, x):
-        def evaluate(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                terms = objective.terms(x)
-                total = objective.total(terms)
-            return total, tape.gradient(total, x), terms
-        return lbfgs.LBFGS(evaluate, x, 0.0, 255.0)
-
+    optimiser = lambda objective, x: lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0)
     optimizer = optimiser(objective, start.reshape(shape))
     iteration, status, best_at_stall = -1, "done", np.inf
     best_iteration, best_loss = 0, np.inf
     try:
         while iteration < iterations:
-            total, terms, event = optimizer.step()
-            total = float(total)
-            if not np.isfinite(total):
+            loss, (terms, total), event = optimizer.step()
+            if not np.isfinite(float(loss)):
                 if exact is not None:
                     optimizer = optimiser(exact(), optimizer.best.value())
                     exact, best_loss = None, np.inf
                     continue
                 status = "diverged"
                 break
-            iteration += 1
+            iteration, total = iteration + 1, float(total)
             if total < best_loss:
                 best_loss, best_iteration = total, iteration
             trial = optimizer.trial
@@ -533,26 +578,16 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
     iteration and the status.
     """
     shape = (1,) + start.shape
-
-    def compiled(objective):
-        @tf.function
-        def loss_and_gradient(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                terms = objective.terms(x)
-                total = objective.total(terms)
-            return terms, total, tape.gradient(total, x)
-        return loss_and_gradient
-
     state = {"iteration": -1, "best": start.astype(np.float64).ravel(), "best_loss": np.inf,
-             "best_iteration": 0, "status": "done", "evaluate": compiled(objective), "exact": exact}
+             "best_iteration": 0, "status": "done", "evaluate": _scaled_loss_and_gradient(objective),
+             "exact": exact}
 
     def fun(x):
         if state["iteration"] >= iterations:
             raise _Stop
-        terms, total, gradient = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
-        total = float(total)
-        if not np.isfinite(total):
+        loss, gradient, (terms, total) = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
+        loss, total = float(loss), float(total)
+        if not np.isfinite(loss):
             if state["exact"] is not None:
                 raise _HandOver
             state["status"] = "diverged"
@@ -564,13 +599,7 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
                       lambda: x.reshape(start.shape).astype(np.float32)):
             state["status"] = "interrupted"
             raise _Stop
-        # With bounds, scipy's L-BFGS-B takes a first step of exactly -gradient: where that moves no
-        # pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line search
-        # fails at once. Hand it the loss scaled so that the first step moves the steepest pixel by
-        # one level (the same minimum); a loss of ordinary scale is left as it is.
-        gradient = gradient.numpy().astype(np.float64).ravel()
-        scale = state.setdefault("scale", max(1.0, 1.0 / max(float(np.abs(gradient).max()), 1e-30)))
-        return total * scale, gradient * scale
+        return loss, gradient.numpy().astype(np.float64).ravel()
 
     try:
         # scipy also ends when a line search finds no decrease: start again from the best image with
@@ -586,7 +615,7 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
                 pass
             if state["exact"] is not None:
                 # The float32 loss of the best image is its first evaluation there: compare from it.
-                state.update(evaluate=compiled(state["exact"]()), exact=None, best_loss=np.inf)
+                state.update(evaluate=_scaled_loss_and_gradient(state["exact"]()), exact=None, best_loss=np.inf)
             elif state["best_loss"] >= best_before:
                 break
     except _Stop:
@@ -665,6 +694,10 @@ def _check_settings(settings, style_count):
         raise UserError(f"Adam's epsilon must be positive and finite, not {settings.adam_epsilon}")
     if settings.lbfgs_round is not None and settings.lbfgs_round < 1:
         raise UserError(f"L-BFGS round must be a positive number of evaluations, not {settings.lbfgs_round}")
+    if settings.optimizer == "lbfgs" and settings.lbfgs_impl == "tf" and (
+            settings.lbfgs_round is not None or not settings.clip_image or settings.writeup_exact):
+        raise UserError("--lbfgs-impl tf keeps the image in 0..255 and its history for the whole run; for "
+                        "--lbfgs-round, --no-clip-image or --writeup-exact use --lbfgs-impl scipy")
     balance = settings.balance
     if balance not in BALANCES and not (isinstance(balance, (int, float)) and np.isfinite(balance)
                                         and balance > 0):
