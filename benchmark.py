@@ -9,6 +9,8 @@ Speed does not depend on the weights' values, so without --network the benchmark
 .mat with random weights of the real shapes (548 MB, kept in weights/ for the next run). Sections:
   steps    seconds per Adam step and per L-BFGS evaluation (median after a warm-up), per size and
            precision, timed through the same loop neural_style.py runs;
+  fast     seconds from the command `neural_style.py --preset fast` to its saved image, at 512 px,
+           and the same in plain float32 steps (plain_step, timed in the same run);
   memory   peak resident memory of a whole run (a fresh process) at 512, 1024 and 2048 px;
   quality  time to quality: the write-up recipe (Adam, lr 2.0, float32, one scale) for 1000
            iterations gives an objective value; the fast preset's time to reach it (re-evaluated
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLE_CONTENT = ROOT / "examples" / "chelsea.jpg"
 EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
 RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"
-SECTIONS = ("steps", "memory", "quality", "startup", "feedforward")
+SECTIONS = ("steps", "fast", "memory", "quality", "startup", "feedforward")
 GPU_SECONDS = 300  # the --gpu check's budget
 
 
@@ -62,6 +64,7 @@ def main(argv=None):
     parser.add_argument("--content", type=Path, default=EXAMPLE_CONTENT)
     parser.add_argument("--style", type=Path, default=EXAMPLE_STYLE)
     parser.add_argument("--quality-size", type=int, default=512)
+    parser.add_argument("--fast-size", type=int, default=512, help="long side of the fast section's run")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
     parser.add_argument("--quick", action="store_true", help="tiny network and sizes (for the tests)")
     parser.add_argument("--gpu", action="store_true", help="the GPU check instead of the sections "
@@ -74,7 +77,7 @@ def main(argv=None):
         raise UserError("benchmark.py --gpu: TensorFlow sees no GPU on this machine; nothing was measured")
     if args.quick:
         args.sizes, args.memory_sizes, args.repeats = "32,48", "48", 2
-        args.reference_iterations, args.quality_size = 6, 64
+        args.reference_iterations, args.quality_size, args.fast_size = 6, 64, 48
     network_path = args.network or ensure_random_network(args.quick)
     sections = ["gpu"] if args.gpu else [s.strip() for s in args.only.split(",") if s.strip()]
     results = {"machine": machine(), "network": str(network_path)}
@@ -85,6 +88,9 @@ def main(argv=None):
         results["gpu"] = gpu_check(network, content, style)
     if "steps" in sections:
         results["steps"] = step_times(network, content, style, _ints(args.sizes), precisions, args.repeats)
+    if "fast" in sections:
+        results["fast"] = fast_command(network, network_path, args, args.fast_size, args.repeats,
+                                       quick=args.quick)
     if "memory" in sections:
         results["memory"] = memory(network_path, args, _ints(args.memory_sizes))
     if "quality" in sections:
@@ -274,6 +280,31 @@ def fast_wall_times(network, content, style, sizes, deadline, iterations=None):
                      "seconds": time.perf_counter() - began})
         print(f"  gpu {rows[-1]}", file=sys.stderr)
     return rows
+
+
+def fast_command(network, network_path, args, size, repeats, quick=False):
+    """`neural_style.py --preset fast` from the command to the saved image (a fresh process: start-up,
+    calibration and compiling included), against the plain float32 step at that size, timed before
+    and after it so that a change of the machine's load shows."""
+    content, style = fit(images.load_image(args.content), size), fit(images.load_image(args.style), size)
+    plain = plain_step(network, content, style, settings_for_preset("writeup"))
+    before = _time(plain, repeats, warmup=2)["median"]
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, str(ROOT / "neural_style.py"), "--preset", "fast", "--content", str(args.content),
+                   "--style", str(args.style), "--network", str(network_path), "--max-size", str(size),
+                   "--output", str(Path(folder) / "fast.png"), "--seed", "0"]
+        if quick:
+            command += ["--iterations", "2", "--scales", "0.5:2,1"]
+        began = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        return {"size": size, "error": done.stderr.strip()[-300:]}
+    after = _time(plain, repeats, warmup=0)["median"]
+    plain_seconds = (before + after) / 2
+    return {"size": size, "image": f"{content.shape[1]}x{content.shape[0]}", "seconds": round(seconds, 1),
+            "plain_step_seconds": [before, after],
+            "plain_steps": round(seconds / plain_seconds, 1)}
 
 
 # ---- memory: each run in a fresh process, so that its peak is its own -----------------------
@@ -492,6 +523,12 @@ def table(results):
             lines.append(f"| {r['size']} | {r.get('image', '-')} | {seconds} |")
     if "steps" in results:
         lines += steps_table(results["steps"])
+    if "fast" in results:
+        f = results["fast"]
+        lines += ["", f"fast preset at {f['size']} px, command to saved image: " + (
+            f"{f['seconds']} s = {f['plain_steps']} plain float32 steps ({f['image']}; plain step "
+            f"{f['plain_step_seconds'][0]:.3f} s before, {f['plain_step_seconds'][1]:.3f} s after)"
+            if "seconds" in f else f"failed: {f['error']}")]
     if "memory" in results:
         lines += ["", "| long side | preset | image | peak RSS (GB) | seconds |", "|---|---|---|---|---|"]
         for r in results["memory"]:

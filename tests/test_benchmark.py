@@ -1,5 +1,7 @@
 """benchmark.py: every section runs (on a tiny network), and its memory probe measures itself."""
 import json
+
+import numpy as np
 import os
 import subprocess
 import sys
@@ -16,18 +18,23 @@ CONTENT, STYLE = smooth_image(48, 64), stripes_image(40, 40)
 @pytest.mark.slow
 def test_benchmark_quick_runs_every_section(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,memory,quality,startup,feedforward"]) == 0
+    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,fast,memory,quality,startup,feedforward"]) == 0
     results = json.loads(out.read_text())
     steps = results["steps"]
     assert {(r["precision"], r["optimizer"], r["lbfgs_impl"]) for r in steps} >= {
         ("float32", "adam", None), ("float32", "lbfgs", "scipy"), ("float32", "lbfgs", "tf")}
     assert all(r["seconds"] > 0 for r in steps)
+    assert {r["size"] for r in steps if r["optimizer"] == "plain"} == {r["size"] for r in steps}
+    fast = results["fast"]
+    assert fast["seconds"] > 0 and fast["plain_steps"] == pytest.approx(
+        fast["seconds"] / np.mean(fast["plain_step_seconds"]), rel=0.01)
     assert all(r["peak_rss_gb"] > 0 for r in results["memory"])
     quality = results["quality"]
     assert quality["reference_seconds"] > 0 and quality["target_loss"] > 0
     assert results["startup"]["seconds"] > 0
     assert results["feedforward"][0]["median"] > 0 and results["feedforward"][-1]["steps_per_second"] > 0
-    assert "Adam step" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Adam step" in printed and "Adam / plain float32 step" in printed and "plain float32 steps" in printed
 
 
 def test_memory_probe_reports_its_own_peak_not_its_parents():
