@@ -3,11 +3,14 @@
     python benchmark.py                        # everything, on a random full-size VGG19 (~1 h on 2 cores)
     python benchmark.py --network weights/imagenet-vgg-verydeep-19.mat --only steps,quality
     python benchmark.py --quick                # tiny sizes and a tiny network: proves it runs
+    python benchmark.py --gpu                  # the GPU check, at most five minutes
 
 Speed does not depend on the weights' values, so without --network the benchmark writes a VGG19
 .mat with random weights of the real shapes (548 MB, kept in weights/ for the next run). Sections:
   steps    seconds per Adam step and per L-BFGS evaluation (median after a warm-up), per size and
            precision, timed through the same loop neural_style.py runs;
+  fast     seconds from the command `neural_style.py --preset fast` to its saved image, at 512 px,
+           and the same in plain float32 steps (plain_step, timed in the same run);
   memory   peak resident memory of a whole run (a fresh process) at 512, 1024 and 2048 px;
   quality  time to quality: the write-up recipe (Adam, lr 2.0, float32, one scale) for 1000
            iterations gives an objective value; the fast preset's time to reach it (re-evaluated
@@ -15,6 +18,11 @@ Speed does not depend on the weights' values, so without --network the benchmark
   startup  seconds from the command to the first iteration of neural_style.py with a .mat of
            the real size;
   feedforward  fast_style.py: seconds to stylize a 512x512 image, training steps per second.
+--gpu replaces them all with one section (on a machine with no GPU it says so and stops):
+  gpu      what --precision auto picks, whether short Adam and L-BFGS runs in each reduced
+           precision stay finite (float16 through its loss scaling), seconds per Adam step and per
+           L-BFGS evaluation of both implementations at 512 px, and the fast preset's wall time at
+           512, 1024 and 2048 px (a size not begun within the five minutes is left out).
 """
 import argparse
 import dataclasses
@@ -32,6 +40,7 @@ import numpy as np
 
 import images
 import vgg
+from errors import UserError
 from presets import settings_for_preset
 from quiet_tf import tf
 
@@ -39,7 +48,8 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLE_CONTENT = ROOT / "examples" / "chelsea.jpg"
 EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
 RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"
-SECTIONS = ("steps", "memory", "quality", "startup", "feedforward")
+SECTIONS = ("steps", "fast", "memory", "quality", "startup", "feedforward")
+GPU_SECONDS = 300  # the --gpu check's budget
 
 
 def main(argv=None):
@@ -54,23 +64,33 @@ def main(argv=None):
     parser.add_argument("--content", type=Path, default=EXAMPLE_CONTENT)
     parser.add_argument("--style", type=Path, default=EXAMPLE_STYLE)
     parser.add_argument("--quality-size", type=int, default=512)
+    parser.add_argument("--fast-size", type=int, default=512, help="long side of the fast section's run")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
     parser.add_argument("--quick", action="store_true", help="tiny network and sizes (for the tests)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU check instead of the sections "
+                        "(at most five minutes)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one run in a fresh process
     args = parser.parse_args(argv)
     if args.probe:
         return probe(args)
+    if args.gpu and not tf.config.list_physical_devices("GPU"):
+        raise UserError("benchmark.py --gpu: TensorFlow sees no GPU on this machine; nothing was measured")
     if args.quick:
         args.sizes, args.memory_sizes, args.repeats = "32,48", "48", 2
-        args.reference_iterations, args.quality_size = 6, 64
+        args.reference_iterations, args.quality_size, args.fast_size = 6, 64, 48
     network_path = args.network or ensure_random_network(args.quick)
-    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    sections = ["gpu"] if args.gpu else [s.strip() for s in args.only.split(",") if s.strip()]
     results = {"machine": machine(), "network": str(network_path)}
     network = vgg.load(network_path)
     content, style = images.load_image(args.content), images.load_image(args.style)
     precisions = (args.precisions.split(",") if args.precisions else default_precisions())
+    if "gpu" in sections:
+        results["gpu"] = gpu_check(network, content, style)
     if "steps" in sections:
         results["steps"] = step_times(network, content, style, _ints(args.sizes), precisions, args.repeats)
+    if "fast" in sections:
+        results["fast"] = fast_command(network, network_path, args, args.fast_size, args.repeats,
+                                       quick=args.quick)
     if "memory" in sections:
         results["memory"] = memory(network_path, args, _ints(args.memory_sizes))
     if "quality" in sections:
@@ -129,20 +149,162 @@ def timed_run(network, content, style, settings):
 
 # ---- steps ----------------------------------------------------------------------------------
 
+def plain_step(network, content, style, settings):
+    """One Adam step of the same objective written as plainly as TF2 allows (the issue's reference:
+    its ratios are the project's step over this one): the file's convolutions in one tf.function,
+    the printed losses, Adam, no progress, checks or per-layer bookkeeping. Returns a callable step."""
+    layers = network.layers[:max(network.index(n) for n in (*settings.content_layers, *settings.style_layers)) + 1]
+    weights = {l.name: (tf.constant(l.kernel), tf.constant(l.bias)) for l in layers if l.type == "conv"}
+    mean = tf.constant(network.mean_pixel, tf.float32)
+
+    def features(x):
+        out, x = {}, x - mean
+        for layer in layers:
+            if layer.type == "conv":
+                x = tf.nn.bias_add(tf.nn.conv2d(x, weights[layer.name][0], 1, "SAME"), weights[layer.name][1])
+            elif layer.type == "relu":
+                x = tf.nn.relu(x)
+            else:
+                x = tf.nn.avg_pool2d(x, 2, 2, "SAME")
+            out[layer.name] = x
+        return out
+
+    def gram(f):
+        flat = tf.reshape(f, [-1, f.shape[-1]])
+        return tf.matmul(flat, flat, transpose_a=True)
+
+    targets = features(tf.constant(content[np.newaxis], tf.float32))
+    content_targets = {n: targets[n] for n in settings.content_layers}
+    style_features = features(tf.constant(style[np.newaxis], tf.float32))
+    grams = {n: gram(style_features[n]) for n in settings.style_layers}
+    image = tf.Variable(content[np.newaxis].astype(np.float32))
+    m, v = tf.Variable(tf.zeros_like(image)), tf.Variable(tf.zeros_like(image))
+    t = tf.Variable(0.0)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            f = features(image)
+            content_loss = tf.add_n([w * 0.5 * tf.reduce_sum(tf.square(f[n] - content_targets[n]))
+                                     for n, w in settings.content_layers.items()])
+            style_loss = tf.add_n([w * tf.reduce_sum(tf.square(gram(f[n]) - grams[n]))
+                                   / (4.0 * f[n].shape[-1] ** 2 * (f[n].shape[1] * f[n].shape[2]) ** 2)
+                                   for n, w in settings.style_layers.items()])
+            loss = settings.content_weight * content_loss + settings.style_weight * style_loss
+        g = tape.gradient(loss, image)
+        t.assign_add(1.0)
+        m.assign(0.9 * m + 0.1 * g)
+        v.assign(0.999 * v + 0.001 * tf.square(g))
+        image.assign_sub(settings.learning_rate * tf.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m
+                         / (tf.sqrt(v) + 1e-8))
+        return loss
+
+    return lambda: float(step())
+
+
+OPTIMIZERS = (("adam", None), ("lbfgs", "scipy"), ("lbfgs", "tf"))  # with the L-BFGS implementation
+
+
 def step_times(network, content, style, sizes, precisions, repeats):
     rows = []
     base = settings_for_preset("writeup")
     for size in sizes:
         c = images.resize(content, size * 3 // 4, size)  # 4:3, as 512x384 in the targets
+        plain = plain_step(network, c, fit(style, size), base)
+        rows.append({"size": f"{c.shape[1]}x{c.shape[0]}", "precision": "float32", "optimizer": "plain",
+                     "lbfgs_impl": None, "seconds": _time(plain, repeats, warmup=2)["median"]})
+        print(f"  step {rows[-1]}", file=sys.stderr)
         for precision in precisions:
-            for optimizer in ("adam", "lbfgs"):
-                s = dataclasses.replace(base, optimizer=optimizer, precision=precision, recompute=False,
-                                        iterations=repeats + 2)
+            for optimizer, impl in OPTIMIZERS:
+                s = dataclasses.replace(base, optimizer=optimizer, lbfgs_impl=impl or base.lbfgs_impl,
+                                        precision=precision, recompute=False, iterations=repeats + 2)
                 per_iteration = timed_run(network, c, style, s)[2:]  # the first two trace and warm up
                 rows.append({"size": f"{c.shape[1]}x{c.shape[0]}", "precision": precision,
-                             "optimizer": optimizer, "seconds": float(np.median(per_iteration))})
+                             "optimizer": optimizer, "lbfgs_impl": impl,
+                             "seconds": float(np.median(per_iteration))})
                 print(f"  step {rows[-1]}", file=sys.stderr)
     return rows
+
+
+# ---- the GPU check ------------------------------------------------------------------------------
+
+def gpu_check(network, content, style, step_size=512, fast_sizes=(512, 1024, 2048), run_iterations=50,
+              repeats=5, budget=GPU_SECONDS, fast_iterations=None):
+    """What --precision auto picks, whether `run_iterations` of Adam and of L-BFGS (both
+    implementations) in each reduced precision stay finite, the step timings at `step_size` in
+    float32 and the automatic precision, and the fast preset's wall time per size while `budget`
+    seconds last."""
+    start = time.perf_counter()
+    auto = vgg.resolve_precision("auto")
+    gpus = tf.config.list_physical_devices("GPU")
+    details = [tf.config.experimental.get_device_details(gpu) for gpu in gpus]
+    names = [d.get("device_name", gpu.name) for d, gpu in zip(details, gpus)]
+    result = {"auto_precision": auto, "gpus": names,
+              "compute_capability": [list(d.get("compute_capability", ())) for d in details]}
+    from stylize import stylize
+    c = fit(content, step_size)
+    stable = []
+    for precision in ("bfloat16", "float16"):
+        for optimizer, impl in OPTIMIZERS:
+            settings = settings_for_preset("writeup", optimizer=optimizer, lbfgs_impl=impl,
+                                           precision=precision, iterations=run_iterations, seed=0)
+            losses = []
+            run = stylize(network, c, [style], settings, lambda p: losses.append(p.total_loss) or True)
+            stable.append({"precision": precision, "optimizer": optimizer, "lbfgs_impl": impl,
+                           "status": run.status, "first_loss": losses[0], "lowest_loss": min(losses),
+                           "stable": run.status == "done" and bool(np.isfinite(losses).all())})
+            print(f"  gpu {stable[-1]}", file=sys.stderr)
+    result["short_runs"] = stable
+    result["steps"] = step_times(network, content, style, [step_size], list(dict.fromkeys(["float32", auto])),
+                                 repeats)
+    adam = {r["precision"]: r["seconds"] for r in result["steps"] if r["optimizer"] == "adam"}
+    result["auto_speedup"] = adam["float32"] / adam[auto]
+    result["fast"] = fast_wall_times(network, content, style, fast_sizes, start + budget, fast_iterations)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def fast_wall_times(network, content, style, sizes, deadline, iterations=None):
+    """The fast preset's seconds per long side (its own iterations unless `iterations`); a size
+    not begun by `deadline` (a time.perf_counter() value) is left out."""
+    from stylize import stylize
+    rows = []
+    for size in sizes:
+        if time.perf_counter() > deadline:
+            rows.append({"size": size, "skipped": "past the time budget"})
+            continue
+        image = fit(content, size)
+        began = time.perf_counter()
+        run = stylize(network, image, [style], settings_for_preset("fast", iterations=iterations, seed=0))
+        rows.append({"size": size, "image": f"{image.shape[1]}x{image.shape[0]}", "status": run.status,
+                     "seconds": time.perf_counter() - began})
+        print(f"  gpu {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def fast_command(network, network_path, args, size, repeats, quick=False):
+    """`neural_style.py --preset fast` from the command to the saved image (a fresh process: start-up,
+    calibration and compiling included), against the plain float32 step at that size, timed before
+    and after it so that a change of the machine's load shows."""
+    content, style = fit(images.load_image(args.content), size), fit(images.load_image(args.style), size)
+    plain = plain_step(network, content, style, settings_for_preset("writeup"))
+    before = _time(plain, repeats, warmup=2)["median"]
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, str(ROOT / "neural_style.py"), "--preset", "fast", "--content", str(args.content),
+                   "--style", str(args.style), "--network", str(network_path), "--max-size", str(size),
+                   "--output", str(Path(folder) / "fast.png"), "--seed", "0"]
+        if quick:
+            command += ["--iterations", "2", "--scales", "0.5:2,1"]
+        began = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        return {"size": size, "error": done.stderr.strip()[-300:]}
+    after = _time(plain, repeats, warmup=0)["median"]
+    plain_seconds = (before + after) / 2
+    return {"size": size, "image": f"{content.shape[1]}x{content.shape[0]}", "seconds": round(seconds, 1),
+            "plain_step_seconds": [before, after],
+            "plain_steps": round(seconds / plain_seconds, 1)}
 
 
 # ---- memory: each run in a fresh process, so that its peak is its own -----------------------
@@ -193,26 +355,30 @@ def peak_rss_kb():
 # ---- time to quality ------------------------------------------------------------------------
 
 def time_to_quality(network, content, style, size, reference_iterations):
-    """Wall time of the write-up recipe for `reference_iterations`, against the fast preset's time
-    to reach the same float32 objective at the same size."""
+    """Wall time of the write-up's optimiser for `reference_iterations`, against the fast preset's
+    time to reach the same float32 objective at the same size.
+
+    The objective is the one `fast` optimises: the write-up's weights with beta calibrated on the
+    network (--balance auto). The write-up's own, uncalibrated objective would measure how near
+    `fast` comes to a balance it does not aim at (on VGG16 a 400x weaker style), so the reference
+    is the write-up's recipe (Adam, lr 2.0, float32, one scale, blend start) on the calibrated one."""
     from stylize import Objective, stylize
     from vgg import VGG
     content = fit(content, size)
-    reference = dataclasses.replace(settings_for_preset("writeup"), iterations=reference_iterations, seed=0)
+    reference = dataclasses.replace(settings_for_preset("writeup"), iterations=reference_iterations, seed=0,
+                                    balance="auto")
     trace = []
     result = stylize(network, content, [style], reference,
                      lambda p: trace.append((p.seconds, p.total_loss)) or True)
     target_seconds, target_loss = trace[-1]
-    # Evaluate any image in float32 at full size with the write-up's objective.
+    # Evaluate any image in float32 at full size with that objective.
     layers = list(reference.content_layers) + list(reference.style_layers)
     full = Objective(VGG(network, layers, pooling=reference.pooling), content,
-                     [fit(style, max(content.shape[:2]))], [1.0], reference)
+                     [fit(style, max(content.shape[:2]))], [1.0], reference, balance=result.balance)
     evaluate = lambda image: float(full.total(full.terms(image[np.newaxis])))
     target_loss = evaluate(result.image)
 
-    fast = dataclasses.replace(settings_for_preset("fast"), seed=0, content_layers=reference.content_layers,
-                               style_layers=reference.style_layers, content_weight=reference.content_weight,
-                               style_weight=reference.style_weight, tv_weight=reference.tv_weight)
+    fast = dataclasses.replace(settings_for_preset("fast"), seed=0)
     fast_iterations = sum(n or fast.iterations for _, n in fast.scales)
     candidates = []  # (seconds, image) at full size whose own loss is near the target
 
@@ -319,14 +485,50 @@ def _time(call, repeats, warmup):
     return {"median": float(np.median(times)), "best": min(times)}
 
 
+def _optimizer(row):
+    return row["optimizer"] + (f" ({row['lbfgs_impl']})" if row["lbfgs_impl"] else "")
+
+
+def steps_table(rows):
+    """Seconds per step, a row per size and precision, a column per optimizer; with a plain step
+    (plain_step) at that size, the issue's ratios: Adam over the plain float32 step, L-BFGS over Adam."""
+    keyed = {(r["size"], r["precision"], r["optimizer"], r["lbfgs_impl"]): r["seconds"] for r in rows}
+    lines = ["", "| size | precision | Adam step (s) | L-BFGS evaluation, scipy (s) | L-BFGS evaluation, tf (s) "
+                 "| Adam / plain float32 step | L-BFGS tf / Adam |", "|---|---|---|---|---|---|---|"]
+    for size, precision in dict.fromkeys((r["size"], r["precision"]) for r in rows if r["optimizer"] != "plain"):
+        adam, plain = keyed[(size, precision, "adam", None)], keyed.get((size, "float32", "plain", None))
+        lines.append(f"| {size} | {precision} | " + " | ".join(
+            f"{keyed[(size, precision, optimizer, impl)]:.3f}" for optimizer, impl in OPTIMIZERS)
+            + f" | {f'{adam / plain:.2f}' if plain else '-'} | {keyed[(size, precision, 'lbfgs', 'tf')] / adam:.2f} |")
+    lines += [f"plain TF2 float32 step (benchmark.plain_step) at {r['size']}: {r['seconds']:.3f} s"
+              for r in rows if r["optimizer"] == "plain"]
+    return lines
+
+
 def table(results):
     lines = [f"machine: {results['machine']}", f"network: {results['network']}"]
+    if "gpu" in results:
+        g = results["gpu"]
+        lines += ["", f"GPU check ({g['seconds']:.0f} s): {', '.join(g['gpus'])}, compute capability "
+                      f"{g['compute_capability']}; --precision auto picks {g['auto_precision']}, "
+                      f"{g['auto_speedup']:.2f}x float32's Adam step",
+                  "", "| precision | optimizer | status | first loss | lowest loss | finite |", "|---|---|---|---|---|---|"]
+        for r in g["short_runs"]:
+            lines.append(f"| {r['precision']} | {_optimizer(r)} | {r['status']} | {r['first_loss']:.4g} | "
+                         f"{r['lowest_loss']:.4g} | {'yes' if r['stable'] else 'NO'} |")
+        lines += steps_table(g["steps"])
+        lines += ["", "| fast preset, long side | image | seconds |", "|---|---|---|"]
+        for r in g["fast"]:
+            seconds = f"{r['seconds']:.1f} ({r['status']})" if "seconds" in r else r["skipped"]
+            lines.append(f"| {r['size']} | {r.get('image', '-')} | {seconds} |")
     if "steps" in results:
-        lines += ["", "| size | precision | Adam step (s) | L-BFGS evaluation (s) |", "|---|---|---|---|"]
-        keyed = {(r["size"], r["precision"], r["optimizer"]): r["seconds"] for r in results["steps"]}
-        for size, precision in dict.fromkeys((r["size"], r["precision"]) for r in results["steps"]):
-            lines.append(f"| {size} | {precision} | {keyed[(size, precision, 'adam')]:.3f} | "
-                         f"{keyed[(size, precision, 'lbfgs')]:.3f} |")
+        lines += steps_table(results["steps"])
+    if "fast" in results:
+        f = results["fast"]
+        lines += ["", f"fast preset at {f['size']} px, command to saved image: " + (
+            f"{f['seconds']} s = {f['plain_steps']} plain float32 steps ({f['image']}; plain step "
+            f"{f['plain_step_seconds'][0]:.3f} s before, {f['plain_step_seconds'][1]:.3f} s after)"
+            if "seconds" in f else f"failed: {f['error']}")]
     if "memory" in results:
         lines += ["", "| long side | preset | image | peak RSS (GB) | seconds |", "|---|---|---|---|---|"]
         for r in results["memory"]:
@@ -354,4 +556,5 @@ def table(results):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import cli
+    sys.exit(cli.entry(main))

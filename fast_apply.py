@@ -43,8 +43,9 @@ def restore_network(model_dir, dtype=tf.float32):
     network = vgg.load(settings.network) if settings.encoder else None  # the encoder's layer list
     net = TransformNet(settings.widths, settings.variant, dtype=dtype, encoder=settings.encoder,
                        network=network)
-    fast_train.restore_intact(tf.train.Checkpoint(network=net), Path(model_dir) / fast_train.CHECKPOINTS,
-                   lambda status: status.expect_partial())
+    checkpoint = tf.train.Checkpoint(network=net)
+    fast_train.restore_intact(lambda path: checkpoint.restore(path).expect_partial(),
+                              Path(model_dir) / fast_train.CHECKPOINTS)
     return net
 
 

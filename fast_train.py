@@ -27,6 +27,7 @@ import files
 import grids
 import images
 import losses
+from adam import Adam
 from errors import UserError
 from quiet_tf import tf
 from transformer import JOHNSON_WIDTHS, VARIANTS, TransformNet, encoder_layers, min_size as generator_min_size
@@ -53,6 +54,9 @@ PAPER = Recipe(("relu2_2",), ("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0, 
 LENGSTROM = Recipe(("relu4_2",), tuple(f"relu{i}_1" for i in range(1, 6)), 7.5, 100.0, 200.0)
 
 PREVIEW_COUNT = 3
+# Keras' default epsilon, which trainings had while they used Keras' Adam: one resumed from such a
+# checkpoint goes on as it began.
+ADAM_EPSILON = 1e-7
 MODEL_FILES = SETTINGS_FILE, CHECKPOINTS, PREVIEWS, SAVED_MODEL, TFLITE_FILE, LOSSES_FILE, LOSS_PLOT = (
     "training.json", "checkpoints", "previews", "saved_model", "model.tflite", "losses.jsonl",
     "losses.png")
@@ -352,15 +356,11 @@ class Training:
             shared = {variable.ref() for variable in self.net.encoder_variables}
             self.generator_variables = [variable for variable in self.net.trainable_variables
                                         if variable.ref() not in shared]
-            # Keras' Adam, not stylize.Adam (the write-up's TF1 arithmetic on one image variable):
-            # under a distribution strategy it sums the replicas' gradients and keeps its moments as
-            # mirrored variables, and the checkpoints of existing model folders hold its state.
-            self.optimizer = tf.keras.optimizers.Adam(settings.learning_rate)
-            self.optimizer.build(self.generator_variables)
+            self.optimizer = Adam(self.generator_variables, settings.learning_rate, epsilon=ADAM_EPSILON)
             self.encoder_optimizer = None
             if shared:
-                self.encoder_optimizer = tf.keras.optimizers.Adam(settings.stage2_learning_rate)
-                self.encoder_optimizer.build(self.net.encoder_variables)
+                self.encoder_optimizer = Adam(self.net.encoder_variables, settings.stage2_learning_rate,
+                                              epsilon=ADAM_EPSILON)
             self.step = tf.Variable(0, dtype=tf.int64, name="step")
             self.position = tf.Variable(0, dtype=tf.int64, name="position")  # of the data stream
 
@@ -379,9 +379,9 @@ class Training:
             shared = list(self.net.encoder_variables) if stage2 else []
             gradients = tape.gradient(share, self.generator_variables + shared)
             count = len(self.generator_variables)
-            self.optimizer.apply_gradients(zip(gradients[:count], self.generator_variables))
+            self.optimizer.apply(gradients[:count])
             if shared:
-                self.encoder_optimizer.apply_gradients(zip(gradients[count:], shared))
+                self.encoder_optimizer.apply(gradients[count:])
             return terms, total, tf.reduce_max(positions)
 
         terms, total, last = self.strategy.run(replica_step, args=batch)
@@ -425,29 +425,61 @@ class Checkpoints:
     The step decides the stage, so a resumed training goes on in the stage it was in."""
 
     def __init__(self, training, folder):
-        self.step = training.step
-        shared = {"encoder_optimizer": training.encoder_optimizer} if training.encoder_optimizer else {}
-        checkpoint = tf.train.Checkpoint(network=training.net, optimizer=training.optimizer,
-                                         step=training.step, position=training.position, **shared)
-        self.manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=3)
+        self.training = training
+        self.manager = tf.train.CheckpointManager(_checkpoint(training, _optimizers(training)), folder,
+                                                  max_to_keep=3)
         self.saved_step = None
 
     def restore_latest(self):
         if self.manager.latest_checkpoint or any(Path(self.manager.directory).glob("*.index")):
-            restore_intact(self.manager.checkpoint, self.manager.directory,
-                           lambda status: status.assert_existing_objects_matched())
-            self.saved_step = int(self.step.numpy())
+            restore_intact(self._restore, self.manager.directory)
+            self.saved_step = int(self.training.step.numpy())
+
+    def _restore(self, path):
+        if not tf.train.load_checkpoint(path).has_tensor(KERAS_ADAM_KEY):
+            self.manager.checkpoint.restore(path).assert_existing_objects_matched()
+            return
+        # Written while training used Keras' Adam: restore it into Keras' Adams on the same variables,
+        # then carry their moments and step count over (Keras' are the same quantities).
+        ours = _optimizers(self.training)
+        with self.training.strategy.scope():
+            keras = {name: tf.keras.optimizers.Adam() for name in ours}
+            for name, optimizer in keras.items():
+                optimizer.build(ours[name].targets)
+        _checkpoint(self.training, keras).restore(path).assert_existing_objects_matched()
+        for name, optimizer in keras.items():
+            ours[name].iterations.assign(optimizer.iterations)
+            for m, v, keras_m, keras_v in zip(ours[name].m, ours[name].v, optimizer._momentums,
+                                              optimizer._velocities):
+                m.assign(keras_m)
+                v.assign(keras_v)
 
     def save(self):
-        if self.saved_step != int(self.step.numpy()):
-            self.manager.save(checkpoint_number=int(self.step.numpy()))
-            self.saved_step = int(self.step.numpy())
+        step = int(self.training.step.numpy())
+        if self.saved_step != step:
+            self.manager.save(checkpoint_number=step)
+            self.saved_step = step
 
 
-def restore_intact(checkpoint, folder, check=lambda status: status):
-    """Restore the newest checkpoint in `folder` that reads; a damaged newer one is passed over
-    with a note (the earlier one loses at most --checkpoint-every steps). A UserError when none
-    reads. Returns the path restored."""
+# In the checkpoints of trainings that used Keras' Adam (adam.Adam has no `_iterations`).
+KERAS_ADAM_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _optimizers(training):
+    """{checkpoint name: Adam} of a Training."""
+    named = {"optimizer": training.optimizer, "encoder_optimizer": training.encoder_optimizer}
+    return {name: optimizer for name, optimizer in named.items() if optimizer is not None}
+
+
+def _checkpoint(training, optimizers):
+    return tf.train.Checkpoint(network=training.net, step=training.step, position=training.position,
+                               **optimizers)
+
+
+def restore_intact(restore, folder):
+    """Restore the newest checkpoint in `folder` that `restore(path)` reads without raising; a
+    damaged newer one is passed over with a note (the earlier one loses at most --checkpoint-every
+    steps). A UserError when none reads. Returns the path restored."""
     state = tf.train.get_checkpoint_state(str(folder))
     listed = list(state.all_model_checkpoint_paths) if state else []
     found = sorted({path[:-len(".index")] for path in map(str, Path(folder).glob("*.index"))},
@@ -457,7 +489,7 @@ def restore_intact(checkpoint, folder, check=lambda status: status):
         raise UserError(f"{Path(folder).parent} holds no checkpoint yet; train first")
     for number, path in enumerate(candidates):
         try:
-            check(checkpoint.restore(path))
+            restore(path)
         except Exception as error:  # TensorFlow raises OpError, IndexError, ValueError, AssertionError
             reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
             print(f"note: checkpoint {path} is damaged ({reason}); trying an earlier one", file=sys.stderr)

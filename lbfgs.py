@@ -1,66 +1,154 @@
 """L-BFGS on the device: float32 history, box bounds kept by projection, one evaluation per call.
 
 scipy's L-BFGS-B works on the host in float64, so every evaluation copies the image and its gradient
-off the device and back. Here the whole state (point, gradient, direction, the last `history`
-correction pairs) lives in tf.Variables and `step()` is one compiled function: it evaluates the loss
-and gradient at the next trial point of a backtracking (Armijo) line search along the projected path,
-and either accepts the point (new correction pair, new two-loop direction) or shrinks the step. Only
-the loss value, its auxiliary terms and a small event code come back to the host.
+off the device and back. Here the whole state (point, gradient, direction, line-search bracket, the
+last `history` correction pairs) lives in tf.Variables and `step()` is one compiled function: it
+evaluates the loss and gradient at the next trial point of a strong Wolfe line search (bracketing
+and cubic zoom, Nocedal & Wright's algorithms 3.5 and 3.6) along the projected path x -> P(x + a d),
+and either accepts the point (new correction pair, new two-loop direction) or picks the next trial.
+Only the loss value, its auxiliary terms and a small event code come back to the host.
+
+Along the projected path the slopes are taken along the step actually made, s = P(x + a d) - x:
+sufficient decrease f <= f(x) + c1 g(x)'s and curvature |g's| <= c2 |g(x)'s|, g at the trial. That
+gives s'y >= (1 - c2) |g(x)'s| > 0, so an accepted pair keeps the Hessian estimate positive definite;
+a pair is stored only when s'y is above rounding (as scipy's L-BFGS-B tests it).
 """
 from quiet_tf import tf
 
 REJECTED, ACCEPTED, STALLED = 0, 1, 2  # what step() did with its trial point
-MAX_TRIALS = 20  # line-search trials along one direction before it counts as stalled
+MAX_TRIALS = 20  # line-search trials along one direction before it accepts its best or stalls
+EPSILON = 1.1920929e-07  # float32's machine epsilon: a smaller s'y is rounding, not curvature
+
+
+def loss_scale(gradient):
+    """The factor both L-BFGS implementations multiply the loss by, from its first gradient.
+
+    Their first step is -gradient itself (scipy's L-BFGS-B with bounds, and lbfgs.py): where that
+    moves no pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line
+    search starts far too short. Scaled, the steepest pixel moves by at least one level (the same
+    minimum); a loss of ordinary scale is left as it is."""
+    return tf.maximum(1.0, 1.0 / tf.maximum(tf.reduce_max(tf.abs(gradient)), 1e-30))
+
+
+def _cubic_minimum(a, fa, da, b, fb, db):
+    """The minimiser of the cubic through (a, fa) and (b, fb) with slopes da and db (NaN if none)."""
+    d1 = da + db - 3.0 * (fa - fb) / (a - b)
+    d2 = tf.sign(b - a) * tf.sqrt(d1 * d1 - da * db)  # NaN where the cubic has no minimum
+    return b - (b - a) * (db + d2 - d1) / (db - da + 2.0 * d2)
 
 
 class LBFGS:
     """Minimise `loss_and_gradient(x) -> (loss, gradient, aux)` over lower <= x <= upper from `start`.
 
     Each `step()` is one loss-and-gradient evaluation and returns (loss, aux, event), the event being
-    REJECTED (a line-search trial that did not decrease the loss enough), ACCEPTED, or STALLED (the
-    line search gave up: the history is dropped and the next direction is steepest descent).
-    `best` holds the point with the lowest finite loss evaluated so far.
+    REJECTED (a line-search trial that did not satisfy the Wolfe conditions), ACCEPTED, or STALLED
+    (the line search found no decrease: the history is dropped and the next direction is steepest
+    descent). A loss or gradient that is not finite counts as an infinite loss. `best` holds the
+    point with the lowest finite loss evaluated so far.
     """
 
-    def __init__(self, loss_and_gradient, start, lower, upper, history=10, c1=1e-4):
+    def __init__(self, loss_and_gradient, start, lower, upper, history=10, c1=1e-3, c2=0.9):
         start = tf.convert_to_tensor(start, tf.float32)
-        self.shape, self.lower, self.upper, self.c1 = start.shape, lower, upper, c1
+        self.shape, self.lower, self.upper, self.c1, self.c2 = start.shape, lower, upper, c1, c2
         self.evaluate = loss_and_gradient
         x = tf.clip_by_value(start, lower, upper)
         zeros = tf.zeros_like(x)
         self.x, self.g, self.d, self.trial = (tf.Variable(v) for v in (x, zeros, zeros, x))
+        self.low_x, self.low_g = tf.Variable(x), tf.Variable(zeros)  # the bracket's low end
         self.best = tf.Variable(x)
         self.f = tf.Variable(float("inf"))  # the first trial (x itself, step 0) is always accepted
         self.best_f = tf.Variable(float("inf"))
         self.alpha = tf.Variable(0.0)
+        # The bracket (step, loss, slope along the path) at its low end (the best step satisfying
+        # sufficient decrease so far, 0 at first) and its high end, once a minimum lies between.
+        self.low = tf.Variable([0.0, 0.0, 0.0])
+        self.high = tf.Variable([0.0, 0.0, 0.0])
+        self.bracketed = tf.Variable(False)
         self.gamma = tf.Variable(0.0)  # s'y / y'y of the last pair: the scale of the initial Hessian
         self.trials = tf.Variable(0)
-        self.length = tf.Variable(1.0)  # of a steepest-descent step while no curvature is known
         self.s = tf.Variable(tf.zeros((history,) + tuple(self.shape)))
         self.y = tf.Variable(tf.zeros((history,) + tuple(self.shape)))
         self.rho = tf.Variable(tf.zeros(history))  # 0 marks an empty slot: it then contributes nothing
         self.head = tf.Variable(0)  # slot of the next pair
         self.history = history
-        self.step = tf.function(self._step)
+        self.step = tf.function(self._step, autograph=False)  # control flow is explicit tf.cond
 
     def _step(self):
+        """One evaluation; its outcome is chosen with selects on scalars, so that the graph has one
+        branch (a move: accept a point or stall) and traces in seconds."""
         trial = tf.clip_by_value(self.x + self.alpha * self.d, self.lower, self.upper)
         self.trial.assign(trial)
         f, g, aux = self.evaluate(trial)
+        g = tf.cast(g, tf.float32)
         f = tf.cast(f, tf.float32)
-        finite = tf.math.is_finite(f)
-        decrease = tf.minimum(tf.reduce_sum(self.g * (trial - self.x)), 0.0)
-        accepted = finite & (f <= self.f + self.c1 * decrease)
-        better = finite & (f < self.best_f)
-        self.best.assign(tf.where(better, trial, self.best))
-        self.best_f.assign(tf.where(better, f, self.best_f))
-        event = tf.cond(accepted, lambda: self._accept(trial, f, g), lambda: self._backtrack(f))
+        f = tf.where(tf.math.is_finite(f) & tf.reduce_all(tf.math.is_finite(g)), f, float("inf"))
+        self.best.assign(tf.where(f < self.best_f, trial, self.best))
+        self.best_f.assign(tf.minimum(f, self.best_f))
+
+        # The Wolfe conditions along the step made, s.
+        s = trial - self.x
+        decrease, slope_s = tf.reduce_sum(self.g * s), tf.reduce_sum(g * s)
+        sufficient = f <= self.f + self.c1 * decrease
+        wolfe = sufficient & (tf.abs(slope_s) <= self.c2 * tf.abs(decrease)) & (decrease < 0)
+        first = ~tf.math.is_finite(self.f)  # the start itself, accepted once finite
+        low, high, a = self.low.value(), self.high.value(), self.alpha.value()
+        # Out of trials, or no decrease possible along this path: take the low end if it decreased
+        # the loss, else stall.
+        give_up = ~first & ~wolfe & ((self.trials + 1 >= MAX_TRIALS) | (decrease >= 0))
+        take_trial = tf.where(first, tf.math.is_finite(f), wolfe)
+        take_low = give_up & (low[0] > 0)
+        event = tf.where(take_trial | take_low, ACCEPTED, tf.where(give_up, STALLED, REJECTED))
+
+        # Otherwise narrow the bracket (step, loss, slope along the path per unit of step).
+        point = tf.stack([a, f, slope_s / a])
+        too_high = ~sufficient | (f >= low[1])
+        passed = tf.where(self.bracketed, point[2] * (high[0] - low[0]) >= 0, point[2] >= 0)
+        new_high = tf.where(too_high, point, tf.where(passed, low, high))
+        # Below a trial that was too high the search goes on along the straight segment to it, as
+        # scipy's does: it lies in the box, so the loss along it is smooth and the slope at x is
+        # exact, g(x)'s per unit of step (the projected path's clipping made that slope too steep).
+        segment_start = tf.stack([0.0, low[1], decrease / a])
+        new_low = tf.where(too_high, tf.where(low[0] > 0, low, segment_start), point)
+        bracketed = self.bracketed | too_high | passed
+        # The next trial: the cubic's minimum inside the bracket, kept off its ends; where this trial
+        # was too high, the cubic's or its mean with the quadratic's (from the low end's loss and
+        # slope), whichever is nearer the low end (More & Thuente's first case: a step far too long,
+        # clipped to the bounds, is cut by more than tenfold at once), and a tenth of the way in
+        # where the loss was not finite. Without a bracket yet: further along, up to four times.
+        lo, hi = new_low[0], new_high[0]
+        width = hi - lo
+        cubic = _cubic_minimum(lo, new_low[1], new_low[2], hi, new_high[1], new_high[2])
+        curvature = (new_high[1] - new_low[1] - new_low[2] * width) / (width * width)
+        quadratic = lo - new_low[2] / (2.0 * curvature)
+        cut = tf.where(tf.abs(cubic - lo) < tf.abs(quadratic - lo), cubic, 0.5 * (cubic + quadratic))
+        inside = tf.where(too_high, cut, cubic)
+        ends = tf.sort(tf.stack([lo + tf.where(too_high, 1e-3, 0.1) * width, hi - 0.1 * width]))
+        inside = tf.where(tf.math.is_finite(inside), tf.clip_by_value(inside, ends[0], ends[1]),
+                          lo + 0.5 * width)
+        inside = tf.where(tf.math.is_finite(new_high[1]), inside, lo + 0.1 * width)
+        beyond = _cubic_minimum(low[0], low[1], low[2], a, f, point[2])
+        beyond = tf.where(tf.math.is_finite(beyond) & (beyond > a), tf.minimum(beyond, 4.0 * a), 4.0 * a)
+        self.alpha.assign(tf.where(first, a, tf.where(bracketed, inside, tf.maximum(beyond, 1.1 * a))))
+        moved_to = tf.where(take_low, self.low_x, trial)  # read before the low end moves
+        moved_g = tf.where(take_low, self.low_g, g)
+        moved_f = tf.where(take_low, low[1], f)
+        self.d.assign(tf.where(too_high & ~first, s / a, self.d))
+        self.low_x.assign(tf.where(too_high, self.low_x, trial))
+        self.low_g.assign(tf.where(too_high, self.low_g, g))
+        self.low.assign(new_low)
+        self.high.assign(new_high)
+        self.bracketed.assign(bracketed)
+        self.trials.assign_add(1)
+        tf.cond(event != REJECTED, lambda: self._move(moved_to, moved_f, moved_g, event == ACCEPTED),
+                lambda: 0)
         return f, aux, event
 
-    def _accept(self, trial, f, g):
-        s, y = trial - self.x, g - self.g
+    def _move(self, point, f, g, accepted):
+        """Accept `point` (its correction pair stored when its curvature is above rounding) or, after a
+        stall, stay and drop the history; then the next direction."""
+        s, y = point - self.x, g - self.g
         sy, yy = tf.reduce_sum(s * y), tf.reduce_sum(y * y)
-        keep = sy > 1e-10 * yy  # curvature positive: a pair that keeps the Hessian estimate positive
+        keep = accepted & tf.math.is_finite(self.f) & (sy > EPSILON * tf.abs(tf.reduce_sum(self.g * s)))
 
         def store():
             self.s[self.head].assign(s)
@@ -69,36 +157,13 @@ class LBFGS:
             self.head.assign((self.head + 1) % self.history)
             self.gamma.assign(sy / yy)
             return 0
-        def expand():  # an Armijo search alone may stop short of positive curvature: go further
-            self.length.assign(4.0 * self.length)
-            return 0
-        tf.cond(keep, store, expand)
-        self.x.assign(trial)
-        self.f.assign(f)
-        self.g.assign(g)
+        tf.cond(keep, store, lambda: 0)
+        self.rho.assign(tf.where(accepted, self.rho, tf.zeros_like(self.rho)))
+        self.x.assign(tf.where(accepted, point, self.x))
+        self.g.assign(tf.where(accepted, g, self.g))
+        self.f.assign(tf.where(accepted, f, self.f))
         self._new_direction()
-        return tf.constant(ACCEPTED)
-
-    def _backtrack(self, f):
-        self.trials.assign_add(1)
-
-        def shrink():
-            # Minimum of the quadratic through f(x), its slope along d and f(trial), kept within
-            # [0.1, 0.5] of the step; a non-finite loss cuts the step tenfold.
-            slope = tf.reduce_sum(self.g * self.d)
-            a = self.alpha
-            curvature = f - self.f - slope * a
-            guess = tf.where(curvature > 0, -slope * a * a / (2.0 * curvature), 0.5 * a)
-            self.alpha.assign(tf.where(tf.math.is_finite(f), tf.clip_by_value(guess, 0.1 * a, 0.5 * a),
-                                       0.1 * a))
-            return tf.constant(REJECTED)
-
-        def stall():
-            self.rho.assign(tf.zeros_like(self.rho))
-            self._new_direction()
-            return tf.constant(STALLED)
-        finite_start = tf.math.is_finite(self.f)
-        return tf.cond(finite_start & (self.trials >= MAX_TRIALS), stall, shrink)
+        return 0
 
     def _new_direction(self):
         """The two-loop recursion on the free variables' gradient (those at a bound with the
@@ -121,11 +186,11 @@ class LBFGS:
         descent = tf.reduce_sum(d * free_g) < 0
         d = tf.where(descent, d, -free_g)  # not a descent direction: forget the history
         self.rho.assign(tf.where(descent, self.rho, tf.zeros_like(self.rho)))
-        with_history = descent & has_history
-        norm = tf.sqrt(tf.reduce_sum(d * d))
-        # Without history the first step is as scipy's (unit length, growing while no curvature is
-        # seen), or the last known scale.
-        first = tf.where(self.gamma > 0, self.gamma, self.length / tf.maximum(norm, 1e-30))
-        self.alpha.assign(tf.where(with_history, 1.0, first))
+        # The first trial: the full quasi-Newton step; without history, -gradient (scipy's first
+        # step; see loss_scale) or, after a stall, the last known curvature's scale.
+        self.alpha.assign(tf.where(descent & has_history, 1.0, tf.where(self.gamma > 0, self.gamma, 1.0)))
         self.d.assign(d)
+        leaving = ((self.x <= self.lower) & (d < 0)) | ((self.x >= self.upper) & (d > 0))
+        self.low.assign(tf.stack([0.0, self.f, tf.reduce_sum(tf.where(leaving, 0.0, self.g * d))]))
+        self.bracketed.assign(False)
         self.trials.assign(0)

@@ -117,12 +117,13 @@ class Units:
     `reference_balance` is the alpha/beta that balances the content and style gradients at white
     noise on the reference network, in these units: `--balance auto` rescales beta so that the
     user's alpha/beta stands in the same relation to the network's own balance point (stylize.py).
-    None: no reference is known, and --balance needs a number.
+    Where no measurement on the source's network exists, it is the source's own alpha/beta: its
+    authors tuned those weights to give a styled picture on their network.
     """
     content: Callable
     style: Callable
     tv: Callable
-    reference_balance: float | None = None
+    reference_balance: float
 
 
 UNITS = {
@@ -133,9 +134,10 @@ UNITS = {
     # 1e-3: the paper's Fig. 2 ratio on its normalised VGG19 (docs/neural_style.md, "Balance").
     "authors": Units(mean_content_loss, lambda features, gram, _: mean_style_loss(features, gram),
                      total_variation_loss, 1e-3),
-    "keras": Units(keras_content_loss, keras_style_loss, keras_total_variation_loss),
+    # References: each source's own alpha/beta (0.025 / 1.0; 1e4 / 1e-2), as for "printed".
+    "keras": Units(keras_content_loss, keras_style_loss, keras_total_variation_loss, 0.025),
     "tf-tutorial": Units(mean_content_loss, lambda features, gram, _: mean_style_loss(features, gram),
-                         tutorial_total_variation_loss),
+                         tutorial_total_variation_loss, 1e6),
 }
 
 

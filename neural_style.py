@@ -22,7 +22,7 @@ import cli
 import files
 import progress
 from errors import UserError
-from presets import (COLOR_CONTROLS, IMAGE_SIZING, INITS, OPTIMIZERS, POOLINGS, PRECISIONS, PRESETS,
+from presets import (COLOR_CONTROLS, INITS, OPTIMIZERS, POOLINGS, PRECISIONS, PRESETS,
                      balance_value, parse_layers, parse_scales, settings_for_preset)
 
 def parse_args(argv):
@@ -107,9 +107,9 @@ def build_parser():
                      help="arithmetic of the network (losses stay float32); auto: bfloat16 on a CPU "
                      "with native bfloat16, bfloat16 on a GPU of compute capability >= 8, float16 on older GPUs, else "
                      "float32")
-    opt.add_argument("--lbfgs-impl", choices=("scipy", "tf"), default="scipy",
-                     help="L-BFGS implementation: scipy's L-BFGS-B on the host, or lbfgs.py on the device "
-                     "(experimental; see docs/speed.md)")
+    opt.add_argument("--lbfgs-impl", choices=("tf", "scipy"),
+                     help="L-BFGS implementation: tf, lbfgs.py on the device (default), or scipy's L-BFGS-B "
+                     "on the host (keras: the only one that runs unbounded and in rounds)")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")
@@ -127,9 +127,11 @@ def build_parser():
 
 def settings_from(args):
     """The preset's values, overridden by every option the user gave; and the output's long side."""
+    from stylize import Settings
     preset = PRESETS[args.preset]
-    options = set(preset) | {"loss_units", "adam_beta1", "adam_epsilon", "lbfgs_round", "clip_image"}
-    given = {key: getattr(args, key, None) for key in options - set(IMAGE_SIZING)}
+    # Every setting is an option of the same name (None: not given), whether or not the preset
+    # states it: a preset that leaves one at Settings' default still takes the user's value.
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)}
     if args.content_layers is not None:
         given["content_layers"] = parse_layers(args.content_layers, "--content-layers", style=False)
     if args.style_layers is not None:
@@ -145,19 +147,15 @@ def settings_from(args):
     if args.writeup_exact and args.max_size is not None:
         raise UserError("--writeup-exact uses the content at its native size, as the write-up did; "
                         "leave out --max-size (resize the photo itself instead)")
-    recompute = {"auto": "auto", "on": True, "off": False}[args.recompute]
     if args.preserve_colors and args.color_control not in (None, "luminance"):
         raise UserError("--preserve-colors is luminance-only transfer; it cannot be combined with "
                         f"--color-control {args.color_control}")
-    color_control = "luminance" if args.preserve_colors else args.color_control
-    layer_sets = args.style_layer_sets and [
+    given["color_control"] = "luminance" if args.preserve_colors else args.color_control
+    given["style_layer_sets"] = args.style_layer_sets and [
         [name.strip() for name in spec.split(",") if name.strip()] for spec in args.style_layer_sets]
-    settings = settings_for_preset(args.preset, **given, style_blend_weights=args.style_blend_weights,
-                                   style_scale=args.style_scale, seed=args.seed, color_control=color_control,
-                                   style_layer_sets=layer_sets, recompute=recompute,
-                                   lbfgs_impl=args.lbfgs_impl,
-                                   writeup_exact=args.writeup_exact or None)
-    return settings, max_size
+    given["recompute"] = {"auto": "auto", "on": True, "off": False}[args.recompute]
+    given["writeup_exact"] = args.writeup_exact or None
+    return settings_for_preset(args.preset, **given), max_size
 
 
 def plot_path(output):

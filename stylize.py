@@ -20,6 +20,7 @@ import losses
 import presets
 from presets import COLOR_CONTROLS, INITS, OPTIMIZERS
 import vgg
+from adam import Adam
 from errors import UserError
 from quiet_tf import tf
 from vgg import VGG, resolve_precision
@@ -47,7 +48,7 @@ class Settings:
     style_scale: float = 1.0  # style long side relative to the output's
     optimizer: str = _writeup("optimizer")
     learning_rate: float = _writeup("learning_rate")
-    lbfgs_impl: str = "scipy"  # one of LBFGS_IMPLS; "tf" (lbfgs.py) is opt-in until it matches scipy
+    lbfgs_impl: str = "tf"  # one of LBFGS_IMPLS: lbfgs.py, or scipy's (unbounded and rounds: keras)
     iterations: int = _writeup("iterations")
     init: str = _writeup("init")
     noise_ratio: float = _writeup("noise_ratio")
@@ -156,29 +157,40 @@ class Objective:
         style = tf.add_n([weight * self.units.style(features[name] if mask is None else features[name] * mask,
                                                     gram, positions)
                           for name, weight, gram, mask in self.style_terms])
-        return tf.stack([content, style, self.units.tv(image)])
+        tv = self.units.tv(image)
+        if self.settings.tv_weight == 0:  # reported only: skip a backward pass that would be times 0
+            tv = tf.stop_gradient(tv)
+        return tf.stack([content, style, tv])
 
     def total(self, terms):
         return tf.reduce_sum(self.weights * terms)
 
 
-class Adam:
-    """Adam with TF1's AdamOptimizer arithmetic (as the write-up used): epsilon 1e-8 outside the
-    square root, bias correction folded into the step size. The state stays float32."""
+class LossScale:
+    """Dynamic loss scaling for a float16 network, whose backward pass overflows past 65504 and loses
+    gradients below 6e-8: the loss is multiplied by `scale` before the backward pass and the gradient
+    divided by it in float32. A gradient that is not finite halves the scale (its step is to be
+    skipped); `growth_interval` finite ones in a row double it. In another precision the scale is 1
+    and every gradient is used as it is."""
 
-    def __init__(self, variable, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
-        self.variable, self.learning_rate = variable, learning_rate
-        self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
-        self.m = tf.Variable(tf.zeros_like(variable))
-        self.v = tf.Variable(tf.zeros_like(variable))
-        self.t = tf.Variable(0.0)
+    def __init__(self, dtype, initial=2.0 ** 15, growth_interval=200):
+        self.dynamic = dtype == tf.float16
+        self.scale = tf.Variable(initial if self.dynamic else 1.0)
+        self.finite_steps = tf.Variable(0)
+        self.growth_interval = growth_interval
 
-    def apply(self, gradient):
-        t = self.t.assign_add(1.0)
-        m = self.m.assign(self.beta1 * self.m + (1.0 - self.beta1) * gradient)
-        v = self.v.assign(self.beta2 * self.v + (1.0 - self.beta2) * tf.square(gradient))
-        step = self.learning_rate * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
-        self.variable.assign_sub(step * m / (tf.sqrt(v) + self.epsilon))
+    def gradient(self, tape, scaled_total, variable):
+        """(gradient of the unscaled loss, whether its step should be taken), given a tape that
+        recorded `scaled_total` = loss * self.scale; updates the scale."""
+        gradient = tape.gradient(scaled_total, variable) / self.scale
+        if not self.dynamic:
+            return gradient, tf.constant(True)
+        finite = tf.reduce_all(tf.math.is_finite(gradient))
+        count = tf.where(finite, self.finite_steps + 1, 0)
+        grow = count >= self.growth_interval
+        self.scale.assign(tf.where(finite, tf.where(grow, 2.0, 1.0), 0.5) * self.scale)
+        self.finite_steps.assign(tf.where(grow, 0, count))
+        return gradient, finite
 
 
 def stylize(network, content, styles, settings, monitor=lambda progress: True, init_image=None,
@@ -239,15 +251,16 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             _check_size(f"style image {j + 1}" if len(styles) > 1 else "style image", style, net)
         scaled_masks = masks and [None if mask is None else images.resize_mask(mask, height, width)
                                   for mask in masks]
+        # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from
+        # (from the content the content gradient is 0), and at every scale, so that each scale aims
+        # at the same balance (in printed units the balance point moves with the size).
+        make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+        noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
+                                      scaled_styles[0], network.mean_pixel), 0.0, 255.0)
+        balance = resolve_balance(settings, lambda: make(net_for("float32", height, width)),
+                                  network, noise, scaled_content, scaled_styles, scaled_masks)
         if image is None:
             start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
-            make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
-            # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from:
-            # from the content the content gradient is 0, and every start shares one objective.
-            noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
-                                          scaled_styles[0], network.mean_pixel), 0.0, 255.0)
-            balance = resolve_balance(settings, lambda: make(net_for("float32", height, width)),
-                                      network, noise, scaled_content, scaled_styles, scaled_masks)
         else:
             start = images.resize(image, height, width)
         objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks, balance)
@@ -268,7 +281,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         if settings.optimizer == "adam":
             reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
-            if settings.lbfgs_impl == "tf":  # lbfgs.py: always within 0..255 (its bounds)
+            if settings.lbfgs_impl == "tf":
                 reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
             else:
                 reached, done, status = _lbfgs(objective, start, steps, report, exact, clip,
@@ -305,9 +318,6 @@ def resolve_balance(settings, objective, network, start, content, styles, masks)
                       "format": 1}, sort_keys=True)
     key = hashlib.sha256(key.encode()).hexdigest()
     reference = losses.UNITS[settings.loss_units].reference_balance
-    if reference is None:
-        raise UserError(f"--balance auto has no reference balance for the {settings.loss_units} loss units; "
-                        f"give --balance a number or use --loss-units authors or printed")
     cache = _balance_cache(network)
     if key in cache:
         return cache[key]
@@ -437,12 +447,15 @@ def writeup_exact_images(content, styles):
 
 
 def _adam(objective, start, iterations, settings, report, clip=True):
-    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`); returns (image, last iteration,
-    status)."""
+    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`), with dynamic loss scaling
+    for a float16 network (a step whose gradient overflowed is skipped, but counts); returns (image,
+    last iteration, status)."""
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
-    adam = Adam(image, settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
+    usable = tf.Variable(True)  # False: the float16 gradient overflowed, the step is skipped
+    adam = Adam([image], settings.learning_rate, beta1=settings.adam_beta1, epsilon=settings.adam_epsilon)
+    loss_scale = LossScale(objective.vgg.dtype)
 
     @tf.function
     def evaluate():
@@ -450,13 +463,17 @@ def _adam(objective, start, iterations, settings, report, clip=True):
         with tf.GradientTape() as tape:
             terms = objective.terms(image)
             total = objective.total(terms)
-        gradient.assign(tape.gradient(total, image))
+            scaled = total * loss_scale.scale
+        unscaled, finite = loss_scale.gradient(tape, scaled, image)
+        gradient.assign(unscaled)
+        usable.assign(finite)
         return terms, total
 
     @tf.function
     def step():
         previous.assign(image)
-        adam.apply(gradient)
+        if usable:  # a tensor: autograph makes this a tf.cond
+            adam.apply([gradient])
         if clip:
             image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()
@@ -487,6 +504,27 @@ class _HandOver(Exception):
     """Raised inside the L-BFGS objective when a reduced-precision loss overflows."""
 
 
+def _scaled_loss_and_gradient(objective):
+    """x -> (loss, gradient, (terms, total)) for either L-BFGS: the loss and gradient multiplied by
+    lbfgs.loss_scale of the first gradient (the same minimum), infinite where the gradient is not
+    finite (a reduced-precision backward pass can overflow where the float32 loss does not); the
+    terms and total unscaled, for the progress report."""
+    import lbfgs
+    scale = tf.Variable(0.0)  # 0 until the first evaluation sets it
+
+    @tf.function
+    def loss_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            terms = objective.terms(x)
+            total = objective.total(terms)
+        gradient = tape.gradient(total, x)
+        scale.assign(tf.where(scale > 0, scale, lbfgs.loss_scale(gradient)))
+        finite = tf.reduce_all(tf.math.is_finite(gradient))
+        return tf.where(finite, total * scale, float("inf")), gradient * scale, (terms, total)
+    return loss_and_gradient
+
+
 def _lbfgs_tf(objective, start, iterations, report, exact=None):
     """lbfgs.py's L-BFGS on the device, with _lbfgs's contract: an iteration is one evaluation, the
     best image is returned, and in reduced precision `exact()` takes over in float32 once the line
@@ -494,31 +532,21 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
     image with a fresh history while that still makes progress."""
     import lbfgs
     shape = (1,) + start.shape
-
-    def optimiser(objective, x):
-        def evaluate(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                terms = objective.terms(x)
-                total = objective.total(terms)
-            return total, tape.gradient(total, x), terms
-        return lbfgs.LBFGS(evaluate, x, 0.0, 255.0)
-
+    optimiser = lambda objective, x: lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0)
     optimizer = optimiser(objective, start.reshape(shape))
     iteration, status, best_at_stall = -1, "done", np.inf
     best_iteration, best_loss = 0, np.inf
     try:
         while iteration < iterations:
-            total, terms, event = optimizer.step()
-            total = float(total)
-            if not np.isfinite(total):
+            loss, (terms, total), event = optimizer.step()
+            if not np.isfinite(float(loss)):
                 if exact is not None:
                     optimizer = optimiser(exact(), optimizer.best.value())
                     exact, best_loss = None, np.inf
                     continue
                 status = "diverged"
                 break
-            iteration += 1
+            iteration, total = iteration + 1, float(total)
             if total < best_loss:
                 best_loss, best_iteration = total, iteration
             trial = optimizer.trial
@@ -550,26 +578,16 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
     iteration and the status.
     """
     shape = (1,) + start.shape
-
-    def compiled(objective):
-        @tf.function
-        def loss_and_gradient(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                terms = objective.terms(x)
-                total = objective.total(terms)
-            return terms, total, tape.gradient(total, x)
-        return loss_and_gradient
-
     state = {"iteration": -1, "best": start.astype(np.float64).ravel(), "best_loss": np.inf,
-             "best_iteration": 0, "status": "done", "evaluate": compiled(objective), "exact": exact}
+             "best_iteration": 0, "status": "done", "evaluate": _scaled_loss_and_gradient(objective),
+             "exact": exact}
 
     def fun(x):
         if state["iteration"] >= iterations:
             raise _Stop
-        terms, total, gradient = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
-        total = float(total)
-        if not np.isfinite(total):
+        loss, gradient, (terms, total) = state["evaluate"](tf.constant(x.reshape(shape), tf.float32))
+        loss, total = float(loss), float(total)
+        if not np.isfinite(loss):
             if state["exact"] is not None:
                 raise _HandOver
             state["status"] = "diverged"
@@ -581,13 +599,7 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
                       lambda: x.reshape(start.shape).astype(np.float32)):
             state["status"] = "interrupted"
             raise _Stop
-        # With bounds, scipy's L-BFGS-B takes a first step of exactly -gradient: where that moves no
-        # pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line search
-        # fails at once. Hand it the loss scaled so that the first step moves the steepest pixel by
-        # one level (the same minimum); a loss of ordinary scale is left as it is.
-        gradient = gradient.numpy().astype(np.float64).ravel()
-        scale = state.setdefault("scale", max(1.0, 1.0 / max(float(np.abs(gradient).max()), 1e-30)))
-        return total * scale, gradient * scale
+        return loss, gradient.numpy().astype(np.float64).ravel()
 
     try:
         # scipy also ends when a line search finds no decrease: start again from the best image with
@@ -603,7 +615,7 @@ def _lbfgs(objective, start, iterations, report, exact=None, clip=True, round_le
                 pass
             if state["exact"] is not None:
                 # The float32 loss of the best image is its first evaluation there: compare from it.
-                state.update(evaluate=compiled(state["exact"]()), exact=None, best_loss=np.inf)
+                state.update(evaluate=_scaled_loss_and_gradient(state["exact"]()), exact=None, best_loss=np.inf)
             elif state["best_loss"] >= best_before:
                 break
     except _Stop:
@@ -682,6 +694,10 @@ def _check_settings(settings, style_count):
         raise UserError(f"Adam's epsilon must be positive and finite, not {settings.adam_epsilon}")
     if settings.lbfgs_round is not None and settings.lbfgs_round < 1:
         raise UserError(f"L-BFGS round must be a positive number of evaluations, not {settings.lbfgs_round}")
+    if settings.optimizer == "lbfgs" and settings.lbfgs_impl == "tf" and (
+            settings.lbfgs_round is not None or not settings.clip_image or settings.writeup_exact):
+        raise UserError("--lbfgs-impl tf keeps the image in 0..255 and its history for the whole run; for "
+                        "--lbfgs-round, --no-clip-image or --writeup-exact use --lbfgs-impl scipy")
     balance = settings.balance
     if balance not in BALANCES and not (isinstance(balance, (int, float)) and np.isfinite(balance)
                                         and balance > 0):

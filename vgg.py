@@ -424,7 +424,7 @@ def resolve_precision(precision):
     """The dtype the network computes in. `auto` takes a reduced precision where the hardware runs
     it fast: bfloat16 on a GPU of compute capability 8 or more (its range is float32's, so nothing
     overflows), float16 on older GPUs, bfloat16 on a CPU with native bfloat16 instructions, else
-    float32. (float16 overflow is caught by L-BFGS's hand-over to float32; Adam has no loss scaling.)"""
+    float32. (float16 overflow is caught by L-BFGS's hand-over to float32, and by Adam's loss scaling.)"""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
     if precision != "auto":

@@ -1,5 +1,8 @@
 """benchmark.py: every section runs (on a tiny network), and its memory probe measures itself."""
 import json
+
+import numpy as np
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,22 +10,31 @@ from pathlib import Path
 import pytest
 
 import benchmark
+from conftest import smooth_image, stripes_image
+
+CONTENT, STYLE = smooth_image(48, 64), stripes_image(40, 40)
 
 
 @pytest.mark.slow
 def test_benchmark_quick_runs_every_section(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,memory,quality,startup,feedforward"]) == 0
+    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,fast,memory,quality,startup,feedforward"]) == 0
     results = json.loads(out.read_text())
     steps = results["steps"]
-    assert {(r["precision"], r["optimizer"]) for r in steps} >= {("float32", "adam"), ("float32", "lbfgs")}
+    assert {(r["precision"], r["optimizer"], r["lbfgs_impl"]) for r in steps} >= {
+        ("float32", "adam", None), ("float32", "lbfgs", "scipy"), ("float32", "lbfgs", "tf")}
     assert all(r["seconds"] > 0 for r in steps)
+    assert {r["size"] for r in steps if r["optimizer"] == "plain"} == {r["size"] for r in steps}
+    fast = results["fast"]
+    assert fast["seconds"] > 0 and fast["plain_steps"] == pytest.approx(
+        fast["seconds"] / np.mean(fast["plain_step_seconds"]), rel=0.01)
     assert all(r["peak_rss_gb"] > 0 for r in results["memory"])
     quality = results["quality"]
     assert quality["reference_seconds"] > 0 and quality["target_loss"] > 0
     assert results["startup"]["seconds"] > 0
     assert results["feedforward"][0]["median"] > 0 and results["feedforward"][-1]["steps_per_second"] > 0
-    assert "Adam step" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Adam step" in printed and "Adam / plain float32 step" in printed and "plain float32 steps" in printed
 
 
 def test_memory_probe_reports_its_own_peak_not_its_parents():
@@ -34,3 +46,33 @@ def test_memory_probe_reports_its_own_peak_not_its_parents():
     del held
     child_peak_gb = int(done.stdout.split()[-1]) / 2 ** 20
     assert 0.05 < child_peak_gb < 1.5  # TensorFlow's import, not the 2 GB it never held
+
+
+def test_gpu_check_on_a_machine_without_one_says_so_in_one_line(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "benchmark.py", "--gpu", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, cwd=Path(benchmark.__file__).parent,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 1 and not out.exists()
+    assert done.stderr.strip().splitlines() == [
+        "error: benchmark.py --gpu: TensorFlow sees no GPU on this machine; nothing was measured"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_measurements(tiny_network):
+    """The GPU check's own code, on this machine's CPU with the tiny network and sizes."""
+    result = benchmark.gpu_check(tiny_network, CONTENT, STYLE, step_size=48, fast_sizes=(40,),
+                                 run_iterations=4, repeats=2, fast_iterations=3)
+    assert result["auto_precision"] in ("float32", "bfloat16") and result["gpus"] == []
+    assert {(r["precision"], r["optimizer"], r["lbfgs_impl"]) for r in result["short_runs"]} == {
+        (p, o, i) for p in ("bfloat16", "float16") for o, i in benchmark.OPTIMIZERS}
+    assert all(r["stable"] for r in result["short_runs"])
+    assert all(r["lowest_loss"] < r["first_loss"] for r in result["short_runs"] if r["optimizer"] == "lbfgs")
+    assert {r["lbfgs_impl"] for r in result["steps"]} == {None, "scipy", "tf"}
+    assert result["fast"][0]["status"] == "done" and result["fast"][0]["seconds"] > 0
+    assert "GPU check" in benchmark.table({"machine": {}, "network": "tiny", "gpu": result})
+
+
+def test_gpu_check_leaves_out_the_sizes_past_its_budget(tiny_network):
+    rows = benchmark.fast_wall_times(tiny_network, CONTENT, STYLE, (40, 48), deadline=0.0, iterations=3)
+    assert [r["size"] for r in rows] == [40, 48] and all("budget" in r["skipped"] for r in rows)

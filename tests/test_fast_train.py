@@ -92,6 +92,46 @@ def test_a_resumed_training_continues_where_it_stopped(trained, inputs, tiny16, 
         np.testing.assert_allclose(resumed[name], straight[name], atol=1e-5, err_msg=name)
 
 
+def test_a_checkpoint_of_keras_adam_resumes_with_its_moments(tiny16, tmp_path):
+    """Model folders trained before adam.Adam hold Keras' Adam (the generator's and, with a VGG
+    encoder, the shared layers'): resuming carries its moments and step count over, and the next
+    step is the one Keras' Adam would have taken."""
+    network = vgg.load(tiny16)
+    settings = fast_train.Settings(style="", data="", network=str(tiny16), widths=(8, 8, 8), image_size=16,
+                                    encoder="vgg:relu3_1", stage1_steps=0, stage2_steps=3).with_defaults(network)
+    new = lambda: fast_train.Training(network, stripes_image(16, 16), settings, tf.distribute.get_strategy())
+    old = new()
+    crops = tf.constant(np.stack([smooth_image(16, 16, seed=i) for i in range(2)]))
+    keras = [(tf.keras.optimizers.Adam(settings.learning_rate), old.generator_variables),
+             (tf.keras.optimizers.Adam(settings.stage2_learning_rate), list(old.net.encoder_variables))]
+
+    def keras_step():
+        with tf.GradientTape() as tape:
+            total = old.loss.total(old.loss.terms(crops, old.net(crops, training=True)))
+        gradients = tape.gradient(total, [variables for _, variables in keras])
+        for (optimizer, variables), gradient in zip(keras, gradients):
+            optimizer.apply_gradients(zip(gradient, variables))
+
+    for _ in range(2):
+        keras_step()
+    old.step.assign(2)
+    layout = tf.train.Checkpoint(network=old.net, optimizer=keras[0][0], encoder_optimizer=keras[1][0],
+                                 step=old.step, position=old.position)
+    tf.train.CheckpointManager(layout, tmp_path, max_to_keep=3).save(checkpoint_number=2)
+
+    resumed = new()
+    fast_train.Checkpoints(resumed, tmp_path).restore_latest()
+    assert int(resumed.step) == 2
+    for ours, (theirs, _) in zip((resumed.optimizer, resumed.encoder_optimizer), keras):
+        assert int(ours.iterations) == 2
+        for mine, keras_m in zip(ours.m + ours.v, theirs._momentums + theirs._velocities):
+            np.testing.assert_array_equal(mine.numpy(), keras_m.numpy())
+    keras_step()
+    resumed.train_step((crops, tf.constant([0, 1], tf.int64)), stage2=True)
+    image = tf.constant(smooth_image(20, 20, seed=4)[np.newaxis])
+    np.testing.assert_allclose(resumed.net(image).numpy(), old.net(image).numpy(), atol=0.01)
+
+
 def test_a_model_folder_holds_one_training(trained, inputs, tiny16, capsys):
     assert cli(*train_args(inputs, tiny16, trained, 1)) == 1
     assert "--resume to continue it, --overwrite to start over" in capsys.readouterr().err

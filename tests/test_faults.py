@@ -321,27 +321,11 @@ def test_figure_tiles_are_keyed_by_content_not_by_path(places, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # fast_style.py
 
-TINY = ["--widths", "8,8,8", "--image-size", "32", "--batch-size", "2"]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny16):
-    """A model folder trained 2 steps with a checkpoint after each, exported."""
-    root = tmp_path_factory.mktemp("faults-model")
-    (root / "data").mkdir()
-    for i in range(2):
-        images.save_image(root / "data" / f"p{i}.png", smooth_image(36, 40, seed=i))
-    style = images.save_image(root / "style.png", stripes_image(40, 40))
-    assert fast_style.main(["train", "--style", str(style), "--data", str(root / "data"), "--network",
-                            str(tiny16), "--model", str(root / "model"), "--steps", "2",
-                            "--checkpoint-every", "1", "--preview-every", "100", *TINY]) == 0
-    return root / "model"
-
-
 @pytest.fixture
-def fast_places(places, model):
+def fast_places(places, trained):
+    """A copy of conftest's model folder (4 steps, checkpoints 2 and 4, exported) to damage."""
     copy = places["tmp"] / "model"
-    shutil.copytree(model, copy)
+    shutil.copytree(trained, copy)
     return {**places, "model": copy}
 
 
@@ -359,7 +343,7 @@ def damaged_saved_model_and_no_checkpoints(monkeypatch, places):
 
 
 def damaged_latest_checkpoint(monkeypatch, places):
-    for data in (places["model"] / "checkpoints").glob("ckpt-2.data-*"):
+    for data in (places["model"] / "checkpoints").glob("ckpt-4.data-*"):
         data.write_bytes(data.read_bytes()[:10])
 
 
@@ -446,10 +430,10 @@ def test_fast_style(row, fast_places, monkeypatch, capsys):
 def test_resume_passes_over_a_damaged_checkpoint(fast_places, tiny16, capsys, monkeypatch):
     damaged_latest_checkpoint(monkeypatch, fast_places)
     monkeypatch.setattr(fast_apply, "export", lambda model_dir: None)
-    assert fast_style.main(["train", "--model", str(fast_places["model"]), "--resume", "--steps", "3"]) == 0
+    assert fast_style.main(["train", "--model", str(fast_places["model"]), "--resume", "--steps", "5"]) == 0
     assert "using the earlier intact checkpoint" in capsys.readouterr().err
     steps = [entry["step"] for entry in fast_train.read_losses(fast_places["model"])]
-    assert steps == [1, 2, 3]  # step 2 computed again from checkpoint 1
+    assert steps == [1, 2, 3, 4, 5]  # steps 3 and 4 computed again from checkpoint 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,3 +57,104 @@ def test_a_non_finite_loss_shrinks_the_step_instead_of_moving_there():
     assert np.isfinite(float(optimizer.f))
     assert np.abs(optimizer.x.numpy() - 5.0).max() <= 3.0
     assert float(optimizer.best_f) < float(quadratic(tf.constant(np.full(50, 5.0, np.float32)))[0])
+
+
+# ---- against scipy through stylize's two paths: the same minimum in comparable evaluations ------
+
+import dataclasses
+
+import stylize
+from conftest import smooth_image, stripes_image
+
+
+class IllConditioned:
+    """A quadratic over a 6x6 image with curvatures from 1 to 1e3 and its minimum partly outside
+    0..255, with the objective's interface (terms, total)."""
+
+    def __init__(self):
+        rng = np.random.default_rng(1)
+        self.scale = tf.constant(np.logspace(0, 3, 6 * 6 * 3).reshape(1, 6, 6, 3), tf.float32)
+        self.centre = tf.constant(rng.uniform(-40, 295, (1, 6, 6, 3)), tf.float32)
+
+    def terms(self, x):
+        return tf.stack([tf.reduce_sum(self.scale * tf.square(x - self.centre)), 0.0, 0.0])
+
+    def total(self, terms):
+        return terms[0]
+
+
+def best_losses(run_lbfgs, objective, start, iterations):
+    """The lowest loss seen after each evaluation, and the trial images."""
+    losses, trials = [], []
+    run_lbfgs(objective, start, iterations,
+              lambda i, terms, total, image: losses.append(total) or trials.append(image()) or True)
+    return np.minimum.accumulate(losses), trials
+
+
+def evaluations_to(losses, target):
+    reached = np.nonzero(losses <= target)[0]
+    return reached[0] if len(reached) else np.inf
+
+
+def test_reaches_scipys_objective_on_an_ill_conditioned_quadratic_in_comparable_evaluations():
+    start = np.random.default_rng(2).uniform(0, 255, (6, 6, 3)).astype(np.float32)
+    scipy_losses, _ = best_losses(stylize._lbfgs, IllConditioned(), start, 150)
+    tf_losses, trials = best_losses(stylize._lbfgs_tf, IllConditioned(), start, 400)
+    minimum = np.clip(IllConditioned().centre.numpy(), 0, 255)
+    true_minimum = float(IllConditioned().terms(tf.constant(minimum))[0])
+    assert scipy_losses[-1] == pytest.approx(true_minimum, rel=1e-5)
+    for target in (scipy_losses[50], scipy_losses[-1]):
+        assert evaluations_to(tf_losses, target) <= 1.5 * evaluations_to(scipy_losses, target)
+    assert all(t.min() >= 0 and t.max() <= 255 for t in trials)
+
+
+def test_reaches_scipys_objective_on_a_tiny_network_in_comparable_evaluations(tiny_network):
+    base = stylize.Settings(content_layers={"relu4_2": 1.0}, style_layers={"relu1_1": 0.5, "relu3_1": 0.5},
+                            content_weight=1.0, style_weight=1e3, seed=0, optimizer="lbfgs")
+    content, style = smooth_image(32, 40), stripes_image(36, 36)
+    runs = {}
+    for impl, iterations in (("scipy", 60), ("tf", 90)):
+        seen = []
+        result = stylize.stylize(tiny_network, content, [style],
+                                 dataclasses.replace(base, lbfgs_impl=impl, iterations=iterations),
+                                 lambda p: seen.append(p.total_loss) or True)
+        runs[impl] = np.minimum.accumulate(seen)
+        assert result.image.min() >= 0 and result.image.max() <= 255
+    target = runs["scipy"][-1]
+    assert target < 0.05 * runs["scipy"][0]
+    assert evaluations_to(runs["tf"], target) <= 1.5 * evaluations_to(runs["scipy"], target)
+
+
+def test_the_loss_scale_makes_the_first_step_move_the_steepest_pixel_one_level():
+    """Both implementations take -gradient as their first step: a loss whose gradient is 1e-8 a pixel
+    would not move the image; scaled by lbfgs.loss_scale it does, to the same minimum."""
+    class Tiny(IllConditioned):
+        def total(self, terms):
+            return 1e-12 * terms[0]
+    start = np.random.default_rng(2).uniform(0, 255, (6, 6, 3)).astype(np.float32)
+    for run_lbfgs in (stylize._lbfgs, stylize._lbfgs_tf):
+        tiny, _ = best_losses(run_lbfgs, Tiny(), start, 100)
+        plain, _ = best_losses(run_lbfgs, IllConditioned(), start, 100)
+        assert tiny[-1] == pytest.approx(1e-12 * plain[-1], rel=1e-3)
+    assert float(lbfgs.loss_scale(tf.constant([1e-8, -4e-8]))) == pytest.approx(2.5e7)
+    assert float(lbfgs.loss_scale(tf.constant([3.0, -40.0]))) == 1.0
+
+
+def test_a_non_finite_gradient_counts_as_a_non_finite_loss():
+    def overflowing_gradient(x):
+        f, g, aux = quadratic(x)
+        return f, tf.where(tf.reduce_max(tf.abs(x - 5.0)) > 3.0, g * np.inf, g), aux
+    optimizer, _ = run_tf(overflowing_gradient, np.full(50, 5.0, np.float32), 0.0, 10.0, 100)
+    assert np.isfinite(optimizer.g.numpy()).all() and np.abs(optimizer.x.numpy() - 5.0).max() <= 3.0
+
+
+def test_every_accepted_step_stores_its_correction_pair():
+    """The Wolfe search's curvature condition makes s'y positive: no step's pair is skipped."""
+    optimizer = lbfgs.LBFGS(quadratic, np.full(50, 5.0, np.float32), 0.0, 10.0)
+    accepted, stored = 0, 0
+    for _ in range(25):
+        head = int(optimizer.head)
+        event = int(optimizer.step()[2])
+        accepted += event == lbfgs.ACCEPTED
+        stored += int(optimizer.head) != head
+    assert accepted >= 8 and stored == accepted - 1  # all but the first point, which has no pair

@@ -114,6 +114,17 @@ def test_presets_and_overrides():
     assert s.style_layers == {"relu1_1": 0.5, "relu2_1": 0.5}
 
 
+@pytest.mark.parametrize("preset", sorted(neural_style.PRESETS))
+def test_every_option_overrides_every_preset(preset):
+    """keras and tf-tutorial state fewer settings than the others; an option still reaches them
+    (--balance auto was once dropped for those two)."""
+    args = neural_style.parse_args(["--content", "c", "--style", "s", "--output", "o.png", "--preset", preset,
+                                    "--balance", "auto", "--noise-ratio", "0.3", "--learning-rate", "0.5",
+                                    "--lbfgs-round", "7", "--adam-beta1", "0.5"])
+    s, _ = neural_style.settings_from(args)
+    assert (s.balance, s.noise_ratio, s.learning_rate, s.lbfgs_round, s.adam_beta1) == ("auto", 0.3, 0.5, 7, 0.5)
+
+
 def test_init_image_option_implies_image_init(base, tmp_path):
     start = images.save_image(tmp_path / "start.png", np.full((10, 10, 3), 200.0))
     args = neural_style.parse_args(["--content", "c", "--style", "s", "--output", "o.png",

@@ -310,18 +310,11 @@ def test_requests_from_other_sites_or_host_names_are_refused(pair):
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory, tiny16):
-    """A models folder with one network trained for 2 steps on tiny data."""
-    import fast_style
-    root = tmp_path_factory.mktemp("ff")
-    (root / "data").mkdir()
-    for i in range(3):
-        images.save_image(root / "data" / f"p{i}.png", smooth_image(40, 48, seed=i))
-    style = images.save_image(root / "style.png", stripes_image(48, 48))
-    assert fast_style.main(["train", "--style", str(style), "--data", str(root / "data"), "--network", str(tiny16),
-                            "--model", str(root / "models" / "stripes"), "--steps", "2", "--widths", "8,8,8",
-                            "--image-size", "32", "--batch-size", "2"]) == 0
-    return root / "models"
+def trained_model(tmp_path_factory, trained):
+    """A models folder holding conftest's trained network as `stripes`."""
+    models = tmp_path_factory.mktemp("ff") / "models"
+    shutil.copytree(trained, models / "stripes")
+    return models
 
 
 def test_a_trained_model_stylizes_an_upload_in_one_pass(tmp_path, tiny_mat, trained_model):

@@ -82,8 +82,10 @@ def test_monitor_can_stop_the_run_and_the_image_is_kept(tiny_network):
     np.testing.assert_allclose(result.image, seen[-1].image(), atol=1e-4)
 
 
-def test_lbfgs_stop_keeps_the_best_image(tiny_network):
-    result, seen = run(tiny_network, lambda p: p.iteration < 6, optimizer="lbfgs", iterations=50)
+@pytest.mark.parametrize("impl", stylize.LBFGS_IMPLS)
+def test_lbfgs_stop_keeps_the_best_image(tiny_network, impl):
+    result, seen = run(tiny_network, lambda p: p.iteration < 6, optimizer="lbfgs", iterations=50,
+                       lbfgs_impl=impl)
     assert result.status == "interrupted"
     best = min(seen, key=lambda p: p.total_loss)
     assert result.iterations == best.iteration
@@ -97,19 +99,6 @@ def test_non_finite_loss_keeps_the_last_finite_image(tiny_network):
     assert result.iterations == len(seen) - 1  # the last iteration the monitor saw as finite
     assert np.all(np.isfinite([p.total_loss for p in seen]))
     assert result.iterations < 20
-
-
-def test_adam_follows_tf1_arithmetic():
-    x = tf.Variable([1.0, -2.0])
-    adam = stylize.Adam(x, learning_rate=0.5)
-    m = v = np.zeros(2)
-    expected = np.array([1.0, -2.0])
-    for t, g in enumerate([np.array([0.3, -1.0]), np.array([0.1, 2.0])], start=1):
-        adam.apply(tf.constant(g, tf.float32))
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        expected = expected - 0.5 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8)
-    np.testing.assert_allclose(x.numpy(), expected, atol=2e-5)
 
 
 def test_blend_init_mixes_noise_and_content_around_the_mean(tiny_network):
@@ -184,6 +173,13 @@ def test_unknown_lbfgs_implementation_is_a_user_error(tiny_network):
         run(tiny_network, optimizer="lbfgs", lbfgs_impl="cuda")
 
 
+@pytest.mark.parametrize("changes", [dict(lbfgs_round=4), dict(clip_image=False), dict(writeup_exact=True)])
+def test_what_only_scipys_lbfgs_does_asks_for_it(tiny_network, changes):
+    with pytest.raises(UserError, match="use --lbfgs-impl scipy"):
+        run(tiny_network, optimizer="lbfgs", **changes)
+    assert settings_for_preset("keras").lbfgs_impl == "scipy"  # unbounded, in rounds
+
+
 # ---- speed levers ------------------------------------------------------------------------------
 
 def small_settings(**changes):
@@ -218,12 +214,15 @@ class Quadratic:
 START = np.random.default_rng(0).uniform(0, 255, (8, 8, 3)).astype(np.float32)
 
 
-def test_lbfgs_goes_on_in_float32_when_rounding_noise_stops_it():
+BOTH_LBFGS = pytest.mark.parametrize("run_lbfgs", [stylize._lbfgs_tf, stylize._lbfgs], ids=["tf", "scipy"])
+
+
+@BOTH_LBFGS
+def test_lbfgs_goes_on_in_float32_when_rounding_noise_stops_it(run_lbfgs):
     keep_going = lambda *args: True
-    rounded_only, _, _ = stylize._lbfgs(Quadratic(step=1e3), START, 300, keep_going)
+    rounded_only, _, _ = run_lbfgs(Quadratic(step=1e3), START, 300, keep_going)
     exact = Quadratic()
-    handed_over, _, status = stylize._lbfgs(Quadratic(step=1e3), START, 300, keep_going,
-                                            exact=lambda: exact)
+    handed_over, _, status = run_lbfgs(Quadratic(step=1e3), START, 300, keep_going, exact=lambda: exact)
     assert status == "done" and exact.calls > 0
     # The rounded loss cannot see below about 500; the exact one takes the image far below.
     assert exact.exact_loss(rounded_only) > 100.0
@@ -238,7 +237,7 @@ class Overflowing(Quadratic):
         return tf.where(terms[0] < 1e4, np.inf, terms)
 
 
-@pytest.mark.parametrize("run_lbfgs", [stylize._lbfgs_tf, stylize._lbfgs], ids=["tf", "scipy"])
+@BOTH_LBFGS
 def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows(run_lbfgs):
     seen = []
     exact = Quadratic()
@@ -250,9 +249,82 @@ def test_lbfgs_goes_on_in_float32_when_reduced_precision_overflows(run_lbfgs):
     assert status == "diverged" and exact.exact_loss(without) >= 1e4
 
 
-def test_lbfgs_stops_once_a_fresh_start_makes_no_progress():
+# ---- float16: dynamic loss scaling ----------------------------------------------------------------
+
+def test_loss_scaling_halves_on_overflow_skips_and_grows_after_finite_steps():
+    scaling = stylize.LossScale(tf.float16, initial=2.0 ** 15, growth_interval=3)
+    x = tf.Variable(1.0)
+
+    def gradient():  # d/dx of 1000 x, with the backward pass in float16 (overflows past 65504)
+        with tf.GradientTape() as tape:
+            scaled = tf.cast(tf.cast(x, tf.float16) * 1000.0, tf.float32) * scaling.scale
+        return scaling.gradient(tape, scaled, x)
+    scales, results = [], []
+    for _ in range(16):
+        scales.append(float(scaling.scale))
+        value, finite = gradient()
+        results.append((float(value), bool(finite)))
+    skipped = next(i for i, (_, finite) in enumerate(results) if finite)  # overflowed until then
+    assert skipped > 0
+    for before, after, (value, finite) in zip(scales, scales[1:], results):
+        assert finite or after == before / 2
+        assert not finite or value == 1000.0  # unscaled in float32: the true gradient
+    first_finite = scales[skipped]
+    assert first_finite * 1000 <= 65504 < 2 * first_finite * 1000
+    assert scales[skipped:skipped + 3] == [first_finite] * 3 and all(f for _, f in results[skipped:skipped + 3])
+    # three finite steps in a row double the scale: here it overflows again and halves
+    assert scales[skipped + 3] == 2 * first_finite and not results[skipped + 3][1]
+
+
+def test_loss_scaling_is_only_for_float16():
+    for dtype in (tf.float32, tf.bfloat16):
+        scaling = stylize.LossScale(dtype)
+        x = tf.Variable(1.0)
+        with tf.GradientTape() as tape:
+            scaled = np.inf * x * scaling.scale
+        value, finite = scaling.gradient(tape, scaled, x)
+        assert float(scaling.scale) == 1.0 and bool(finite)
+
+
+def gradient_at_start(network, changes, dtype, scaling=False):
+    """The objective's gradient at the run's first image, the network in `dtype`, the loss scaled by
+    stylize.LossScale's first scale or not."""
+    run_settings = settings(**changes)
+    net = vgg.VGG(network, list(run_settings.content_layers) + list(run_settings.style_layers), dtype=dtype)
+    objective = stylize.Objective(net, CONTENT, [STYLE], [1.0], run_settings)
+    loss_scale = stylize.LossScale(net.dtype if scaling else tf.float32)
+    x = tf.constant(stylize.initial_image(run_settings, CONTENT, STYLE, network.mean_pixel)[np.newaxis])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        scaled = objective.total(objective.terms(x)) * loss_scale.scale
+    return loss_scale.gradient(tape, scaled, x)[0].numpy()
+
+
+def test_adam_in_float16_does_not_diverge_where_its_gradient_overflows(tiny_network):
+    changes = dict(style_weight=1e6, precision="float16", learning_rate=5.0, iterations=40)
+    assert not np.isfinite(gradient_at_start(tiny_network, changes, "float16")).all()  # unscaled: inf
+    result, seen = run(tiny_network, **changes)
+    assert result.status == "done" and np.isfinite(result.image).all()
+    losses = [p.total_loss for p in seen]
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+    # the steps skipped while the scale came down left the image as it was
+    skipped = next(i for i, loss in enumerate(losses) if loss != losses[0])
+    assert 0 < skipped < 30
+
+
+def test_loss_scaling_keeps_float16_gradients_that_would_underflow(tiny_network):
+    changes = dict(content_weight=1e-9, style_weight=1e-8)  # gradients of about 1e-7 a pixel
+    exact = gradient_at_start(tiny_network, changes, "float32")
+    unscaled = gradient_at_start(tiny_network, changes, "float16")
+    scaled = gradient_at_start(tiny_network, changes, "float16", scaling=True)
+    assert (unscaled == 0).mean() > 0.5 > (exact == 0).mean()  # most of it lost below float16's range
+    assert np.abs(scaled - exact).max() < 0.2 * np.abs(exact).max()  # float16's rounding, no more
+
+
+@BOTH_LBFGS
+def test_lbfgs_stops_once_a_fresh_start_makes_no_progress(run_lbfgs):
     evaluations = []
-    image, _, status = stylize._lbfgs(Quadratic(), START, 5000, lambda *a: evaluations.append(a) or True)
+    image, _, status = run_lbfgs(Quadratic(), START, 5000, lambda *a: evaluations.append(a) or True)
     assert status == "done" and len(evaluations) < 5000
     assert Quadratic().exact_loss(image) < 1e-3
 
@@ -364,11 +436,12 @@ def test_lbfgs_rounds_start_afresh_every_n_evaluations(tiny_network, monkeypatch
         calls.append(kwargs["options"]["maxfun"])
         return minimize(*args, **kwargs)
     monkeypatch.setattr(stylize.scipy.optimize, "minimize", counted)
-    result, seen = run(tiny_network, optimizer="lbfgs", iterations=12, lbfgs_round=4, clip_image=False)
+    result, seen = run(tiny_network, optimizer="lbfgs", iterations=12, lbfgs_round=4, clip_image=False,
+                       lbfgs_impl="scipy")
     assert result.status == "done" and seen[-1].iteration == 12
     assert len(calls) >= 2 and set(calls) == {4}  # Keras: 10 calls of fmin_l_bfgs_b(maxfun=20)
     calls.clear()
-    run(tiny_network, optimizer="lbfgs", iterations=12)
+    run(tiny_network, optimizer="lbfgs", iterations=12, lbfgs_impl="scipy")
     assert len(calls) == 1  # without rounds, one run keeps its history
 
 
@@ -530,14 +603,15 @@ def _objective_and_start(network, size, units, balance="off"):
     return settings, objective, start, content, style
 
 
+@pytest.mark.parametrize("units", sorted(losses.UNITS))
 def test_calibration_factor_is_the_reference_times_the_gradient_norm_ratio(tiny_network, tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, units):
     monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
-    settings, objective, start, content, style = _objective_and_start(tiny_network, (40, 48), "authors",
+    settings, objective, start, content, style = _objective_and_start(tiny_network, (40, 48), units,
                                                                       "auto")
     content_norm, style_norm = objective.gradient_norms(start)
     factor = stylize.resolve_balance(settings, lambda: objective, tiny_network, start, content, [style], None)
-    assert factor == pytest.approx(losses.UNITS["authors"].reference_balance * content_norm / style_norm,
+    assert factor == pytest.approx(losses.UNITS[units].reference_balance * content_norm / style_norm,
                                    rel=1e-4)
     # Measured once: the second run reads it from the cache beside the network.
     assert (tmp_path / "balance.json").exists()
@@ -569,6 +643,24 @@ def test_a_balanced_run_reports_its_factor_and_weights_beta_by_it(tiny_network, 
     p = seen[0]
     assert p.total_loss == pytest.approx(settings.content_weight * p.content_loss
                                          + result.balance * settings.style_weight * p.style_loss, rel=1e-4)
+
+
+def test_coarse_to_fine_calibrates_at_every_scale(tiny_network, tmp_path, monkeypatch):
+    """In printed units the balance point moves with the size: each scale gets its own factor, and
+    the run reports the full size's."""
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    measured = []
+    real = stylize.resolve_balance
+
+    def spy(settings, objective, network, start, *rest):
+        measured.append((start.shape[:2], real(settings, objective, network, start, *rest)))
+        return measured[-1][1]
+    monkeypatch.setattr(stylize, "resolve_balance", spy)
+    settings = presets.settings_for_preset("fast", scales=((0.5, 2), (1.0, 2)), precision="float32", seed=0)
+    result = stylize.stylize(tiny_network, smooth_image(64, 80), [stripes_image(64, 80)], settings)
+    assert [shape for shape, _ in measured] == [(32, 40), (64, 80)]
+    assert measured[0][1] != pytest.approx(measured[1][1], rel=0.05)
+    assert result.balance == measured[1][1]
 
 
 @pytest.mark.parametrize("field, value", [("loss_units", "metric"), ("balance", -1.0),

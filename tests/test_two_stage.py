@@ -1,37 +1,21 @@
 """The two-stage schedule of fast_style.py (a generator whose encoder is a copy of VGG's first layers),
-on tiny data: a VGG16-shaped .mat with a few channels, 16 px images, a network
+on conftest's tiny data: a VGG16-shaped .mat with a few channels, 16 px crops, a network
 of 8 channels, 2 steps per stage."""
 import json
 
 import numpy as np
 import pytest
 
-import fast_style
 import fast_train
-import images
 import progress
 import transformer
 import vgg
-from conftest import assert_exports_match, smooth_image, stop_after, stripes_image
+from conftest import assert_exports_match, fast_style_cli as cli, smooth_image, stop_after, stripes_image
 from errors import UserError
 from quiet_tf import tf
 
 TINY = ["--widths", "8,8,8", "--image-size", "16", "--batch-size", "2"]
 STAGES = ["--encoder", "vgg:relu3_1", "--stage1-steps", "2", "--stage2-steps", "2"]
-
-
-def cli(*args):
-    return fast_style.main([str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """A data folder of four images and a style image."""
-    root = tmp_path_factory.mktemp("inputs")
-    (root / "data").mkdir()
-    for i in range(4):
-        images.save_image(root / "data" / f"photo{i}.png", smooth_image(20, 24, seed=i))
-    return root / "data", images.save_image(root / "style.png", stripes_image(32, 32))
 
 
 def train_args(inputs, network, model, *extra):
