@@ -17,6 +17,7 @@ from PIL import Image
 
 import images
 import studio
+from presets import PRESETS
 from conftest import smooth_image, stripes_image
 
 with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 over httpx; both work
@@ -412,7 +413,8 @@ def test_the_page_runs_a_style_transfer_in_a_real_browser(tmp_path, tiny_mat, tr
         driver.find_element(By.ID, "start").click()
         wait.until(lambda d: "iteration" in d.find_element(By.ID, "run-progress").text)
         wait.until(lambda d: d.find_element(By.ID, "run-state").text == "done")
-        assert driver.find_element(By.ID, "run-progress").text.startswith("iteration 40/40")
+        total = sum(count or 40 for _, count in PRESETS["fast"]["scales"])  # fast's coarse scale, then 40
+        assert driver.find_element(By.ID, "run-progress").text.startswith(f"iteration {total}/{total}")
         wait.until(lambda d: d.execute_script(
             "const i = document.getElementById('run-image'); return i.complete && i.naturalWidth"))
         assert "result.png" in driver.find_element(By.ID, "run-image").get_attribute("src")
