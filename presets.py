@@ -124,7 +124,7 @@ PRESETS["tf-tutorial"] = {
 # "Balance") so that the quick start gives a styled picture at any size and with any VGG, reached as
 # fast as this project can. Measured (docs/speed.md, "The fast preset"): L-BFGS beat Adam; bfloat16
 # (where the device has it) beat float32; from the content, 150 evaluations at half size and 50 at
-# full size give a finished 512 px picture in about 60 plain float32 steps' time (600 at one scale
+# full size give a finished 512 px picture in about 67 plain float32 steps' time (600 at one scale
 # took about 500).
 PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=50, scales=((0.5, 150), (1.0, None)),
                        init="content", precision="auto", balance="auto")
