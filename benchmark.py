@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cli
 import images
 import vgg
 from errors import UserError
@@ -53,18 +54,18 @@ GPU_SECONDS = 300  # the --gpu check's budget
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--network", type=Path, help="a .mat file (default: random VGG19 weights)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}")
     parser.add_argument("--sizes", default="256,512", help="long sides for the step timings")
     parser.add_argument("--memory-sizes", default="512,1024,2048")
     parser.add_argument("--precisions", help="default: float32 and the reduced ones this device runs")
-    parser.add_argument("--repeats", type=int, default=5, help="timed iterations per measurement")
-    parser.add_argument("--reference-iterations", type=int, default=1000)
+    parser.add_argument("--repeats", type=cli.positive_int, default=5, help="timed iterations per measurement")
+    parser.add_argument("--reference-iterations", type=cli.positive_int, default=1000)
     parser.add_argument("--content", type=Path, default=EXAMPLE_CONTENT)
     parser.add_argument("--style", type=Path, default=EXAMPLE_STYLE)
-    parser.add_argument("--quality-size", type=int, default=512)
-    parser.add_argument("--fast-size", type=int, default=512, help="long side of the fast section's run")
+    parser.add_argument("--quality-size", type=cli.positive_int, default=512)
+    parser.add_argument("--fast-size", type=cli.positive_int, default=512, help="long side of the fast section's run")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
     parser.add_argument("--quick", action="store_true", help="tiny network and sizes (for the tests)")
     parser.add_argument("--gpu", action="store_true", help="the GPU check instead of the sections "
@@ -78,8 +79,12 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.memory_sizes, args.repeats = "32,48", "48", 2
         args.reference_iterations, args.quality_size, args.fast_size = 6, 64, 48
-    network_path = args.network or ensure_random_network(args.quick)
+    sizes, memory_sizes = _ints(args.sizes, "--sizes"), _ints(args.memory_sizes, "--memory-sizes")
     sections = ["gpu"] if args.gpu else [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [] if args.gpu else [section for section in sections if section not in SECTIONS]
+    if unknown or not sections:
+        raise UserError(f"--only takes sections from {','.join(SECTIONS)}, not '{args.only}'")
+    network_path = args.network or ensure_random_network(args.quick)
     results = {"machine": machine(), "network": str(network_path)}
     network = vgg.load(network_path)
     content, style = images.load_image(args.content), images.load_image(args.style)
@@ -87,12 +92,12 @@ def main(argv=None):
     if "gpu" in sections:
         results["gpu"] = gpu_check(network, content, style)
     if "steps" in sections:
-        results["steps"] = step_times(network, content, style, _ints(args.sizes), precisions, args.repeats)
+        results["steps"] = step_times(network, content, style, sizes, precisions, args.repeats)
     if "fast" in sections:
         results["fast"] = fast_command(network, network_path, args, args.fast_size, args.repeats,
                                        quick=args.quick)
     if "memory" in sections:
-        results["memory"] = memory(network_path, args, _ints(args.memory_sizes))
+        results["memory"] = memory(network_path, args, memory_sizes)
     if "quality" in sections:
         results["quality"] = time_to_quality(network, content, style, args.quality_size,
                                              args.reference_iterations)
@@ -106,8 +111,12 @@ def main(argv=None):
     return 0
 
 
-def _ints(text):
-    return [int(v) for v in text.split(",") if v.strip()]
+def _ints(text, option):
+    """'256,512' -> [256, 512]: positive whole numbers, else one line saying which option."""
+    values = [int(v) if v.strip().isdigit() else 0 for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise UserError(f"{option} must be long sides in pixels separated by commas, e.g. 256,512, not '{text}'")
+    return values
 
 
 def machine():
@@ -556,5 +565,4 @@ def table(results):
 
 
 if __name__ == "__main__":
-    import cli
     sys.exit(cli.entry(main))

@@ -76,3 +76,17 @@ def test_gpu_check_runs_its_measurements(tiny_network):
 def test_gpu_check_leaves_out_the_sizes_past_its_budget(tiny_network):
     rows = benchmark.fast_wall_times(tiny_network, CONTENT, STYLE, (40, 48), deadline=0.0, iterations=3)
     assert [r["size"] for r in rows] == [40, 48] and all("budget" in r["skipped"] for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "256,-3"], "--sizes must be long sides in pixels"),
+    (["--memory-sizes", "big"], "--memory-sizes must be long sides in pixels"),
+    (["--fast-size", "0"], "--fast-size must be a positive number, not 0"),
+    (["--repeats", "nan"], "'nan' is not a whole number"),
+    (["--only", "stesp"], "--only takes sections from"),
+    (["--only", "gpu"], "--only takes sections from"),  # the GPU check is --gpu, which checks for one
+])
+def test_bad_arguments_are_one_line_before_any_work(argv, message, monkeypatch):
+    monkeypatch.setattr(benchmark, "ensure_random_network", lambda quick: pytest.fail("started work"))
+    with pytest.raises(benchmark.UserError, match=message):
+        benchmark.main(argv)
