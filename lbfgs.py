@@ -172,15 +172,16 @@ class LBFGS:
         q = tf.where(held, 0.0, self.g)
         newest = [(self.head - 1 - i) % self.history for i in range(self.history)]
         alphas = []
+        # sparse_read gathers one pair; indexing (self.s[i]) would read, and so copy, the whole history.
         for i in newest:
-            a = self.rho[i] * tf.reduce_sum(self.s[i] * q)
-            q = q - a * self.y[i]
+            a = self.rho[i] * tf.reduce_sum(self.s.sparse_read(i) * q)
+            q = q - a * self.y.sparse_read(i)
             alphas.append(a)
         has_history = tf.reduce_any(self.rho != 0)
         q = q * tf.where(has_history, self.gamma, 1.0)
         for i, a in zip(reversed(newest), reversed(alphas)):
-            b = self.rho[i] * tf.reduce_sum(self.y[i] * q)
-            q = q + (a - b) * self.s[i]
+            b = self.rho[i] * tf.reduce_sum(self.y.sparse_read(i) * q)
+            q = q + (a - b) * self.s.sparse_read(i)
         d = tf.where(held, 0.0, -q)
         free_g = tf.where(held, 0.0, self.g)
         descent = tf.reduce_sum(d * free_g) < 0

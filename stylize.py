@@ -111,15 +111,24 @@ class Objective:
         self.content_layers = settings.content_layers
         self.settings = settings
         self.set_balance(balance)
+        # One image's features at a time, the styles' reduced to Gram matrices at once: at 4096 px
+        # the maps of block 1 alone are gigabytes.
         features = vgg(content[np.newaxis])
         self.content_targets = {name: features[name] for name in self.content_layers}
+        sizes = {name: features[name].shape[1:3] for name in settings.style_layers}
+        del features
         layer_sets = settings.style_layer_sets or [list(settings.style_layers)] * len(styles)
-        style_features = [vgg(style[np.newaxis]) for style in styles]
+        style_grams = []  # per style image, {layer: (Gram matrix, positions)}
+        for style in styles:
+            style_features = vgg(style[np.newaxis])
+            style_grams.append({name: (losses.gram_matrix(features), int(np.prod(features.shape[1:3])))
+                                for name, features in style_features.items() if name in settings.style_layers})
+            del style_features
         self.style_terms = []  # (layer, weight, target Gram, mask at the layer's size or None)
         for name, weight in settings.style_layers.items():
             users = [i for i, layer_set in enumerate(layer_sets) if name in layer_set]
             share = sum(blend_weights[i] for i in users)
-            height, width = features[name].shape[1:3]
+            height, width = sizes[name]
             for i in users if share > 0 else ():
                 mask = None
                 if masks is not None and masks[i] is not None:
@@ -129,8 +138,8 @@ class Objective:
                 # is compared with (the output's, or the mask's weight), so that E_l compares like
                 # with like (a no-op for an unmasked style image of the output's size).
                 compared = height * width if mask is None else float(tf.reduce_sum(tf.square(mask)))
-                style = style_features[i][name]
-                gram = losses.gram_matrix(style) * (compared / int(np.prod(style.shape[1:3])))
+                gram, positions = style_grams[i][name]
+                gram = gram * (compared / positions)
                 self.style_terms.append((name, weight * blend_weights[i] / share, gram, mask))
 
     def set_balance(self, balance):
@@ -142,11 +151,16 @@ class Objective:
     def gradient_norms(self, image):
         """|grad Lc| and |grad Ls| at a [H, W, 3] image (the terms before alpha and beta)."""
         x = tf.constant(np.asarray(image, np.float32)[np.newaxis])
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            terms = self.terms(x)
-            content, style = terms[0], terms[1]
-        return float(tf.norm(tape.gradient(content, x))), float(tf.norm(tape.gradient(style, x)))
+
+        # A compiled pass per term: eagerly, or with one persistent tape for both, every map of the
+        # forward pass would be held through the backward passes (over 30 GB at 4096 px).
+        @tf.function
+        def norm(term):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = self.terms(x)[term]
+            return tf.norm(tape.gradient(loss, x))
+        return float(norm(0)), float(norm(1))
 
     def terms(self, image):
         """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
@@ -254,10 +268,11 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from
         # (from the content the content gradient is 0), and at every scale, so that each scale aims
         # at the same balance (in printed units the balance point moves with the size).
-        make = lambda net: Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks)
+        # In the run's precision: in float32 the calibration alone would take over 20 GB at 4096 px.
         noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
                                       scaled_styles[0], network.mean_pixel), 0.0, 255.0)
-        balance = resolve_balance(settings, lambda: make(net_for("float32", height, width)),
+        balance = resolve_balance(settings, lambda: Objective(net, scaled_content, scaled_styles, blend,
+                                                              settings, scaled_masks),
                                   network, noise, scaled_content, scaled_styles, scaled_masks)
         if image is None:
             start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
@@ -300,8 +315,8 @@ def resolve_balance(settings, objective, network, start, content, styles, masks)
         factor = reference_balance * |grad Lc| / |grad Ls|   at `start` (white noise),
 
     so that alpha/beta balances the content and style gradients there as it did on the reference
-    network (alpha/beta = reference_balance: equal gradients). `objective()` builds the float32
-    objective; the factor is cached beside the network, keyed by everything it depends on.
+    network (alpha/beta = reference_balance: equal gradients). `objective()` builds the run's
+    objective (its precision); the factor is cached beside the network, keyed by everything it depends on.
     """
     if settings.balance == "off":
         return 1.0
@@ -312,6 +327,7 @@ def resolve_balance(settings, objective, network, start, content, styles, masks)
         digest.update(np.ascontiguousarray(array, np.float32).tobytes())
     key = json.dumps({"network_sha256": network.sha256, "normalization": network.normalization,
                       "loss_units": settings.loss_units, "pooling": settings.pooling,
+                      "precision": resolve_precision(settings.precision),
                       "content_layers": settings.content_layers, "style_layers": settings.style_layers,
                       "style_layer_sets": settings.style_layer_sets,
                       "blend": settings.style_blend_weights, "images": digest.hexdigest(),

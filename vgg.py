@@ -502,8 +502,8 @@ class VGG:
             names = [layer.name for layer in block if layer.name in self.outputs]
             run = lambda x, block=block, names=names: self._run_block(block, names, x)
             x, *outputs = (tf.recompute_grad(run) if self.recompute else run)(x)
-            features.update(zip(names, outputs))
-        return {name: tf.cast(features[name], tf.float32) for name in self.outputs}
+            features.update((name, tf.cast(output, tf.float32)) for name, output in zip(names, outputs))
+        return {name: features[name] for name in self.outputs}
 
     def _run_block(self, block, names, x):
         outputs = []
