@@ -30,6 +30,34 @@ def loss_scale(gradient):
     return tf.maximum(1.0, 1.0 / tf.maximum(tf.reduce_max(tf.abs(gradient)), 1e-30))
 
 
+@tf.function(jit_compile=True)
+def _two_loop(s, y, rho, scale, head, q):
+    """H q for the L-BFGS inverse Hessian estimate of the pairs (s[i], y[i], rho[i]), newest at
+    head - 1, its initial matrix `scale` times the identity, by the two-loop recursion. XLA fuses
+    its image-sized operations and reads the pairs in place."""
+    history = s.shape[0]
+    newest = [(head - 1 - i) % history for i in range(history)]
+    alphas = []
+    for i in newest:
+        a = tf.gather(rho, i) * tf.reduce_sum(tf.gather(s, i) * q)
+        q = q - a * tf.gather(y, i)
+        alphas.append(a)
+    q = q * scale
+    for i, a in zip(reversed(newest), reversed(alphas)):
+        b = tf.gather(rho, i) * tf.reduce_sum(tf.gather(y, i) * q)
+        q = q + (a - b) * tf.gather(s, i)
+    return q
+
+
+def _assign_if(condition, variable, value):
+    """variable.assign(value()) where the scalar `condition` holds. On the CPU a select between two
+    image-sized tensors costs four times an addition; a cond costs nothing when it does not hold."""
+    def assign():
+        variable.assign(value())
+        return True
+    tf.cond(condition, assign, lambda: False)
+
+
 def _cubic_minimum(a, fa, da, b, fb, db):
     """The minimiser of the cubic through (a, fa) and (b, fb) with slopes da and db (NaN if none)."""
     d1 = da + db - 3.0 * (fa - fb) / (a - b)
@@ -82,7 +110,7 @@ class LBFGS:
         g = tf.cast(g, tf.float32)
         f = tf.cast(f, tf.float32)
         f = tf.where(tf.math.is_finite(f) & tf.reduce_all(tf.math.is_finite(g)), f, float("inf"))
-        self.best.assign(tf.where(f < self.best_f, trial, self.best))
+        _assign_if(f < self.best_f, self.best, lambda: trial)
         self.best_f.assign(tf.minimum(f, self.best_f))
 
         # The Wolfe conditions along the step made, s.
@@ -129,12 +157,12 @@ class LBFGS:
         beyond = _cubic_minimum(low[0], low[1], low[2], a, f, point[2])
         beyond = tf.where(tf.math.is_finite(beyond) & (beyond > a), tf.minimum(beyond, 4.0 * a), 4.0 * a)
         self.alpha.assign(tf.where(first, a, tf.where(bracketed, inside, tf.maximum(beyond, 1.1 * a))))
-        moved_to = tf.where(take_low, self.low_x, trial)  # read before the low end moves
-        moved_g = tf.where(take_low, self.low_g, g)
+        moved_to = tf.cond(take_low, self.low_x.read_value, lambda: trial)  # before the low end moves
+        moved_g = tf.cond(take_low, self.low_g.read_value, lambda: g)
         moved_f = tf.where(take_low, low[1], f)
-        self.d.assign(tf.where(too_high & ~first, s / a, self.d))
-        self.low_x.assign(tf.where(too_high, self.low_x, trial))
-        self.low_g.assign(tf.where(too_high, self.low_g, g))
+        _assign_if(too_high & ~first, self.d, lambda: s / a)
+        _assign_if(~too_high, self.low_x, lambda: trial)
+        _assign_if(~too_high, self.low_g, lambda: g)
         self.low.assign(new_low)
         self.high.assign(new_high)
         self.bracketed.assign(bracketed)
@@ -159,8 +187,8 @@ class LBFGS:
             return 0
         tf.cond(keep, store, lambda: 0)
         self.rho.assign(tf.where(accepted, self.rho, tf.zeros_like(self.rho)))
-        self.x.assign(tf.where(accepted, point, self.x))
-        self.g.assign(tf.where(accepted, g, self.g))
+        _assign_if(accepted, self.x, lambda: point)
+        _assign_if(accepted, self.g, lambda: g)
         self.f.assign(tf.where(accepted, f, self.f))
         self._new_direction()
         return 0
@@ -169,29 +197,20 @@ class LBFGS:
         """The two-loop recursion on the free variables' gradient (those at a bound with the
         gradient pushing outwards are held), then the first trial step along it."""
         held = ((self.x <= self.lower) & (self.g > 0)) | ((self.x >= self.upper) & (self.g < 0))
-        q = tf.where(held, 0.0, self.g)
-        newest = [(self.head - 1 - i) % self.history for i in range(self.history)]
-        alphas = []
-        # sparse_read gathers one pair; indexing (self.s[i]) would read, and so copy, the whole history.
-        for i in newest:
-            a = self.rho[i] * tf.reduce_sum(self.s.sparse_read(i) * q)
-            q = q - a * self.y.sparse_read(i)
-            alphas.append(a)
+        free = tf.cast(~held, tf.float32)  # a product: cheaper than a select of 0 where held
+        free_g = self.g * free
         has_history = tf.reduce_any(self.rho != 0)
-        q = q * tf.where(has_history, self.gamma, 1.0)
-        for i, a in zip(reversed(newest), reversed(alphas)):
-            b = self.rho[i] * tf.reduce_sum(self.y.sparse_read(i) * q)
-            q = q + (a - b) * self.s.sparse_read(i)
-        d = tf.where(held, 0.0, -q)
-        free_g = tf.where(held, 0.0, self.g)
+        q = _two_loop(self.s, self.y, self.rho, tf.where(has_history, self.gamma, 1.0), self.head, free_g)
+        d = -q * free
         descent = tf.reduce_sum(d * free_g) < 0
-        d = tf.where(descent, d, -free_g)  # not a descent direction: forget the history
+        d = tf.cond(descent, lambda: d, lambda: -free_g)  # not a descent direction: forget the history
         self.rho.assign(tf.where(descent, self.rho, tf.zeros_like(self.rho)))
         # The first trial: the full quasi-Newton step; without history, -gradient (scipy's first
         # step; see loss_scale) or, after a stall, the last known curvature's scale.
         self.alpha.assign(tf.where(descent & has_history, 1.0, tf.where(self.gamma > 0, self.gamma, 1.0)))
         self.d.assign(d)
         leaving = ((self.x <= self.lower) & (d < 0)) | ((self.x >= self.upper) & (d > 0))
-        self.low.assign(tf.stack([0.0, self.f, tf.reduce_sum(tf.where(leaving, 0.0, self.g * d))]))
+        slope = tf.reduce_sum(self.g * d * tf.cast(~leaving, tf.float32))
+        self.low.assign(tf.stack([0.0, self.f, slope]))
         self.bracketed.assign(False)
         self.trials.assign(0)
