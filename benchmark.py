@@ -9,6 +9,10 @@ Speed does not depend on the weights' values, so without --network the benchmark
 .mat with random weights of the real shapes (548 MB, kept in weights/ for the next run). Sections:
   steps    seconds per Adam step and per L-BFGS evaluation (median after a warm-up), per size and
            precision, timed through the same loop neural_style.py runs;
+  paired   the issue's ratios from paired, alternating timings (the load of a shared machine drifts
+           between separate runs): per size, the plain float32 step, and per precision the
+           project's compiled Adam step and L-BFGS evaluation (lbfgs.py), timed in turn each round
+           (--repeats rounds); medians of the per-round ratios;
   fast     seconds from the command `neural_style.py --preset fast` to its saved image, at 512 px,
            and the same in plain float32 steps (plain_step, timed in the same run);
   memory   peak resident memory of a whole run (a fresh process) at 512, 1024 and 2048 px;
@@ -50,7 +54,7 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLE_CONTENT = ROOT / "examples" / "chelsea.jpg"
 EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
 RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"
-SECTIONS = ("steps", "fast", "memory", "quality", "startup", "feedforward")
+SECTIONS = ("steps", "paired", "fast", "memory", "quality", "startup", "feedforward")
 GPU_SECONDS = 300  # the --gpu check's budget
 
 
@@ -94,6 +98,8 @@ def main(argv=None):
         results["gpu"] = gpu_check(network, content, style)
     if "steps" in sections:
         results["steps"] = step_times(network, content, style, sizes, precisions, args.repeats)
+    if "paired" in sections:
+        results["paired"] = paired_ratios(network, content, style, sizes, precisions, args.repeats)
     if "fast" in sections:
         results["fast"] = fast_command(network, network_path, args, args.fast_size, args.repeats,
                                        quick=args.quick)
@@ -233,6 +239,45 @@ def step_times(network, content, style, sizes, precisions, repeats):
                              "optimizer": optimizer, "lbfgs_impl": impl,
                              "seconds": float(np.median(per_iteration))})
                 print(f"  step {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def paired_ratios(network, content, style, sizes, precisions, rounds):
+    """Per size and precision: median over `rounds` of the Adam step over the plain float32 step
+    and of the L-BFGS evaluation over the Adam step, the three timed one after another each round."""
+    import lbfgs
+    from stylize import Objective, _scaled_loss_and_gradient, adam_functions
+    from vgg import VGG
+    base = settings_for_preset("writeup")
+    layers = list(base.content_layers) + list(base.style_layers)
+    rows = []
+    for size in sizes:
+        c = images.resize(content, size * 3 // 4, size)
+        steps = {"plain": plain_step(network, c, fit(style, size), base)}
+        for precision in precisions:
+            objective = Objective(VGG(network, layers, pooling=base.pooling, dtype=precision), c,
+                                  [fit(style, size)], [1.0], base)
+            adam_step = adam_functions(objective, c, base)[3]
+            optimizer = lbfgs.LBFGS(_scaled_loss_and_gradient(objective), c[np.newaxis], 0.0, 255.0)
+            steps[precision, "adam"] = lambda step=adam_step: [t.numpy() for t in step()]
+            steps[precision, "lbfgs"] = lambda optimizer=optimizer: float(optimizer.step()[0])
+        for step in steps.values():  # trace and warm up
+            step(), step()
+        seconds = {key: [] for key in steps}
+        for _ in range(rounds):
+            for key, step in steps.items():
+                began = time.perf_counter()
+                step()
+                seconds[key].append(time.perf_counter() - began)
+        seconds = {key: np.array(value) for key, value in seconds.items()}
+        for precision in precisions:
+            adam, evaluation = seconds[precision, "adam"], seconds[precision, "lbfgs"]
+            rows.append({"size": f"{c.shape[1]}x{c.shape[0]}", "precision": precision, "rounds": rounds,
+                         "plain_seconds": float(np.median(seconds["plain"])),
+                         "adam_seconds": float(np.median(adam)), "lbfgs_seconds": float(np.median(evaluation)),
+                         "adam_over_plain": float(np.median(adam / seconds["plain"])),
+                         "lbfgs_over_adam": float(np.median(evaluation / adam))})
+            print(f"  paired {rows[-1]}", file=sys.stderr)
     return rows
 
 
@@ -537,6 +582,13 @@ def table(results):
             lines.append(f"| {r['size']} | {r.get('image', '-')} | {seconds} |")
     if "steps" in results:
         lines += steps_table(results["steps"])
+    if "paired" in results:
+        lines += ["", "| size | precision | rounds | plain float32 step (s) | Adam step (s) | L-BFGS evaluation, tf (s) "
+                      "| Adam / plain float32 step | L-BFGS / Adam |", "|---|---|---|---|---|---|---|---|"]
+        for r in results["paired"]:
+            lines.append(f"| {r['size']} | {r['precision']} | {r['rounds']} | {r['plain_seconds']:.3f} | "
+                         f"{r['adam_seconds']:.3f} | {r['lbfgs_seconds']:.3f} | {r['adam_over_plain']:.3f} | "
+                         f"{r['lbfgs_over_adam']:.3f} |")
     if "fast" in results:
         f = results["fast"]
         lines += ["", f"fast preset at {f['size']} px, command to saved image: " + (

@@ -462,10 +462,10 @@ def writeup_exact_images(content, styles):
     return images.keras_preprocess(content), [images.keras_preprocess(style) for style in styles]
 
 
-def _adam(objective, start, iterations, settings, report, clip=True):
-    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`), with dynamic loss scaling
-    for a float16 network (a step whose gradient overflowed is skipped, but counts); returns (image,
-    last iteration, status)."""
+def adam_functions(objective, start, settings, clip=True):
+    """An Adam run's state and its two compiled functions: (image, previous, evaluate, step).
+    evaluate() gives the loss terms and total at the image (keeping its gradient); step() updates
+    the image from that gradient and evaluates the new one. benchmark.py times step() itself."""
     image = tf.Variable(start[np.newaxis])
     previous = tf.Variable(image)
     gradient = tf.Variable(tf.zeros_like(image))
@@ -494,6 +494,14 @@ def _adam(objective, start, iterations, settings, report, clip=True):
             image.assign(tf.clip_by_value(image, 0.0, 255.0))  # stay a valid image: losses match the file
         return evaluate()
 
+    return image, previous, evaluate, step
+
+
+def _adam(objective, start, iterations, settings, report, clip=True):
+    """`iterations` Adam steps from `start` (kept in 0..255 if `clip`), with dynamic loss scaling
+    for a float16 network (a step whose gradient overflowed is skipped, but counts); returns (image,
+    last iteration, status)."""
+    image, previous, evaluate, step = adam_functions(objective, start, settings, clip)
     current = lambda: image.numpy()[0]
     iteration = 0
     try:

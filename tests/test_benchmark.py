@@ -18,13 +18,18 @@ CONTENT, STYLE = smooth_image(48, 64), stripes_image(40, 40)
 @pytest.mark.slow
 def test_benchmark_quick_runs_every_section(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,fast,memory,quality,startup,feedforward"]) == 0
+    assert benchmark.main(["--quick", "--json", str(out), "--only", "steps,paired,fast,memory,quality,startup,feedforward"]) == 0
     results = json.loads(out.read_text())
     steps = results["steps"]
     assert {(r["precision"], r["optimizer"], r["lbfgs_impl"]) for r in steps} >= {
         ("float32", "adam", None), ("float32", "lbfgs", "scipy"), ("float32", "lbfgs", "tf")}
     assert all(r["seconds"] > 0 for r in steps)
     assert {r["size"] for r in steps if r["optimizer"] == "plain"} == {r["size"] for r in steps}
+    paired = results["paired"]
+    assert {(r["size"], r["precision"]) for r in paired} >= {(r["size"], "float32") for r in steps}
+    for r in paired:  # the ratios are of the medians' own rounds, each the same three steps
+        assert r["rounds"] == 2 and r["plain_seconds"] > 0 and r["adam_seconds"] > 0 and r["lbfgs_seconds"] > 0
+        assert 0 < r["adam_over_plain"] < np.inf and 0 < r["lbfgs_over_adam"] < np.inf
     fast = results["fast"]
     assert fast["seconds"] > 0 and fast["plain_steps"] == pytest.approx(
         fast["seconds"] / np.mean(fast["plain_step_seconds"]), rel=0.01)
@@ -34,7 +39,7 @@ def test_benchmark_quick_runs_every_section(tmp_path, capsys):
     assert results["startup"]["seconds"] > 0
     assert results["feedforward"][0]["median"] > 0 and results["feedforward"][-1]["steps_per_second"] > 0
     printed = capsys.readouterr().out
-    assert "Adam step" in printed and "Adam / plain float32 step" in printed and "plain float32 steps" in printed
+    assert "Adam step" in printed and "Adam / plain float32 step" in printed and "L-BFGS / Adam |" in printed and "plain float32 steps" in printed
 
 
 def test_memory_probe_reports_its_own_peak_not_its_parents():
