@@ -164,12 +164,19 @@ class Objective:
 
     def terms(self, image):
         """[content, style, TV] loss of a [1, H, W, 3] image, per-layer weights applied."""
-        features = self.vgg(image)
+        features = self.vgg.native(image)
         positions = tf.shape(image)[1] * tf.shape(image)[2]
-        content = tf.add_n([weight * self.units.content(features[name], self.content_targets[name])
+
+        def float32(loss):
+            """`loss` of a layer's features, taken in float32. With recomputation that copy is
+            recomputed too: at 4096 px block 1's is 3.2 GB."""
+            of_float32 = lambda f: loss(tf.cast(f, tf.float32))
+            return tf.recompute_grad(of_float32) if self.vgg.recompute else of_float32
+        content = tf.add_n([weight * float32(lambda f, target=self.content_targets[name]:
+                                             self.units.content(f, target))(features[name])
                             for name, weight in self.content_layers.items()])
-        style = tf.add_n([weight * self.units.style(features[name] if mask is None else features[name] * mask,
-                                                    gram, positions)
+        style = tf.add_n([weight * float32(lambda f, gram=gram, mask=mask:
+                                           self.units.style(f if mask is None else f * mask, gram, positions))(features[name])
                           for name, weight, gram, mask in self.style_terms])
         tv = self.units.tv(image)
         if self.settings.tv_weight == 0:  # reported only: skip a backward pass that would be times 0

@@ -458,8 +458,10 @@ class VGG:
     Images are [batch, height, width, 3] float32 RGB in 0..255; the mean pixel is subtracted here.
     `pooling` replaces the file's max pooling by average pooling ("avg", as Gatys et al.) or keeps
     it ("max"). The network computes in `dtype` (float32, bfloat16, float16); features come back as
-    float32. With `recompute`, each block's activations are recomputed in the backward pass instead
-    of being stored, which trades about a third more time for far less memory at large sizes.
+    float32 (`native` leaves them in `dtype`). With `recompute`, each layer's activations (a
+    convolution, its ReLU and any pooling after it) are recomputed in the backward pass instead of
+    being stored, which trades about a third more time for far less memory at large sizes; per
+    layer, not per block, because at 4096 px one block-1 map alone is 1.6 GB in bfloat16.
     `weights`, {conv name: (kernel, bias)}, runs the graph on other tensors than the file's constants
     (the trainable copy of the two-stage generator).
     """
@@ -481,12 +483,11 @@ class VGG:
         self._weights = weights or {
             layer.name: (tf.constant(layer.kernel, self.dtype), tf.constant(layer.bias, self.dtype))
             for layer in self.layers if layer.type == "conv"}
-        self._blocks, block = [], []
-        for layer in self.layers:  # blocks end at each pooling layer
-            block.append(layer)
-            if layer.type == "pool" or layer is self.layers[-1]:
-                self._blocks.append(tuple(block))
-                block = []
+        self._segments = []  # the unit of recomputation: a convolution and the layers up to the next
+        for layer in self.layers:
+            if layer.type == "conv" or not self._segments:
+                self._segments.append([])
+            self._segments[-1].append(layer)
 
     def check_size(self, what, height, width, advice):
         """The one "image too small for the deepest layer" check: a UserError saying what to do."""
@@ -496,18 +497,22 @@ class VGG:
                             f"{advice}")
 
     def __call__(self, images):
+        return {name: tf.cast(features, tf.float32) for name, features in self.native(images).items()}
+
+    def native(self, images):
+        """{name: features} in the network's own dtype."""
         x = tf.cast(images - self._mean, self.dtype)
         features = {}
-        for block in self._blocks:
-            names = [layer.name for layer in block if layer.name in self.outputs]
-            run = lambda x, block=block, names=names: self._run_block(block, names, x)
+        for segment in self._segments:
+            names = [layer.name for layer in segment if layer.name in self.outputs]
+            run = lambda x, segment=segment, names=names: self._run_segment(segment, names, x)
             x, *outputs = (tf.recompute_grad(run) if self.recompute else run)(x)
-            features.update((name, tf.cast(output, tf.float32)) for name, output in zip(names, outputs))
+            features.update(zip(names, outputs))
         return {name: features[name] for name in self.outputs}
 
-    def _run_block(self, block, names, x):
+    def _run_segment(self, segment, names, x):
         outputs = []
-        for layer in block:
+        for layer in segment:
             x = self._apply(layer, x)
             if layer.name in names:
                 outputs.append(x)
