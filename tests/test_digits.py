@@ -236,19 +236,21 @@ def test_the_study_trains_both_runs_for_each_seed_measures_them_and_resumes(
     assert "already holds a study" in capsys.readouterr().err
 
 
-def test_the_study_defaults_to_its_own_style_layers_and_size_weighted_as_trains(style, tiny16, tmp_path,
-                                                                                monkeypatch):
+def test_the_study_defaults_to_its_own_style_layers_size_and_start(style, tiny16, tmp_path,
+                                                              monkeypatch):
     """Its layers take train's 1/C^2 weights (so that --style-weight is on train's scale), not the
     1/n that --style-layers gives layers without a weight; a --style-layers given replaces them."""
     seen = []
     monkeypatch.setattr(digits, "run_study", lambda out, study, network, **options: seen.append(
         study.settings) or digits.StudyResult("interrupted", "A", 0, 0, {}))
     assert cli(*study_args(style, tiny16, tmp_path / "a")) == 130
-    assert cli(*study_args(style, tiny16, tmp_path / "b", "--style-layers", "relu1_2")) == 130
+    assert cli(*study_args(style, tiny16, tmp_path / "b", "--style-layers", "relu1_2",
+                           "--no-identity-start")) == 130
     trains = fast_train.Settings(style="", data="", network="").with_defaults(vgg.load(tiny16)).style_layers
     assert seen[0].style_layers == {name: trains[name] for name in fast_style.STUDY_STYLE_LAYERS}
     assert seen[0].style_size == fast_style.STUDY_DEFAULTS["style_size"] != seen[0].image_size
-    assert seen[1].style_layers == {"relu1_2": 1.0}
+    assert seen[0].identity_start  # the study's generator starts as the identity; train's does not
+    assert seen[1].style_layers == {"relu1_2": 1.0} and not seen[1].identity_start
 
 
 @pytest.mark.parametrize("extra, message", [
