@@ -183,6 +183,20 @@ def test_the_sheet_labels_carry_the_numbers(tmp_path):
     assert headed[:headed.shape[0] - plain.shape[0]].min() < 100  # text drawn above the digits
 
 
+def test_the_loss_plot_is_not_stretched_by_an_identity_starts_first_step(tmp_path, monkeypatch):
+    """At step 1 of an identity start the content term is 0 (or 1e-12): the log axis starts just
+    below the running means instead."""
+    from matplotlib.figure import Figure
+    limits = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: limits.append(figure.axes[0].get_ylim()))
+    entries = [{"step": step, "stage": 1, "content": 1e-12 if step == 1 else 2.0, "style": 1e-3, "tv": 10.0,
+                "total": 5.0} for step in range(1, 101)]
+    weights = {"content": 1.0, "style": 1000.0, "pixel": 0.0, "tv": 1e-4}
+    digits.save_loss_plot(tmp_path / "losses.png", {"A": entries, "B": entries}, weights,
+                          {"A": "A: stage 1", "B": "B: two stages"}, 50)
+    assert 1e-4 < limits[0][0] < 1e-3  # half the weighted TV term, 1e-3
+
+
 def test_the_sheet_shows_one_digit_of_each_class_first():
     labels = np.array([3, 3, 1, 0, 1, 2, 3, 0])
     assert digits.sheet_columns(labels, count=5) == [0, 1, 2, 3, 5]
