@@ -475,6 +475,7 @@ def save_loss_plot(path, steps, weights, labels, boundary):
     axes = figure.subplots()
     names = ["total"] + [name for name, weight in weights.items() if weight > 0]
     colours = dict(zip(names, ["black", "tab:blue", "tab:orange", "tab:green", "tab:red"]))
+    lowest = np.inf  # of the running means
     for run, style in zip(steps, ["-", "--"]):
         x = np.array([entry["step"] for entry in steps[run]])
         for name in names:
@@ -483,6 +484,7 @@ def save_loss_plot(path, steps, weights, labels, boundary):
                 continue
             window = max(1, len(y) // 50)
             mean = np.convolve(y, np.ones(window) / window, mode="valid")
+            lowest = min(lowest, mean[mean > 0].min(initial=np.inf))
             axes.plot(x, y, style, color=colours[name], alpha=0.15, linewidth=0.8)
             axes.plot(x[window - 1:], mean, style, color=colours[name], linewidth=1.5,
                       label=f"{labels[run].split(':')[0]} {name}" + ("" if name == "total" else " (weighted)"))
@@ -490,6 +492,8 @@ def save_loss_plot(path, steps, weights, labels, boundary):
     axes.annotate("B: stage 2 starts", (boundary + 0.5, 1), xycoords=("data", "axes fraction"),
                   xytext=(4, -12), textcoords="offset points", color="grey")
     axes.set_yscale("log")
+    if np.isfinite(lowest):  # an identity start's first content term is 0: raw values may reach 1e-12
+        axes.set_ylim(bottom=lowest / 2)
     axes.set_xlabel("step")
     axes.set_ylabel("loss (running mean; raw values faint)")
     axes.set_title(f"{labels['A']} (solid)  vs  {labels['B']} (dashed)")

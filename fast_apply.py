@@ -42,7 +42,7 @@ def restore_network(model_dir, dtype=tf.float32):
     settings = fast_train.load_settings(model_dir)
     network = vgg.load(settings.network) if settings.encoder else None  # the encoder's layer list
     net = TransformNet(settings.widths, settings.variant, dtype=dtype, encoder=settings.encoder,
-                       network=network)
+                       network=network, identity_start=settings.identity_start)
     checkpoint = tf.train.Checkpoint(network=net)
     fast_train.restore_intact(lambda path: checkpoint.restore(path).expect_partial(),
                               Path(model_dir) / fast_train.CHECKPOINTS)

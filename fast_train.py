@@ -90,6 +90,7 @@ class Settings:
     stage1_steps: int | None = None
     stage2_steps: int | None = None
     stage2_learning_rate: float = 1e-4
+    identity_start: bool = False  # the generator starts as the identity (transformer.TransformNet)
 
     def with_defaults(self, network):
         """Fill in what was left None from the recipe of the loaded network: lengstrom's for VGG19
@@ -352,7 +353,8 @@ class Training:
         self.loss = PerceptualLoss(network, style_image, settings)
         with strategy.scope():
             self.net = TransformNet(settings.widths, settings.variant, seed=settings.seed,
-                                    encoder=settings.encoder, network=network)
+                                    encoder=settings.encoder, network=network,
+                                    identity_start=settings.identity_start)
             shared = {variable.ref() for variable in self.net.encoder_variables}
             self.generator_variables = [variable for variable in self.net.trainable_variables
                                         if variable.ref() not in shared]

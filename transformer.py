@@ -9,6 +9,9 @@ maintained implementation adopted (instance normalisation, resize-then-convolve 
 reflection padding). Images are [batch, height, width, 3] float32 RGB in 0..255; the output has the
 input's size for any size (the upsampling targets the encoder's own map sizes).
 
+With `identity_start` the network starts as the identity: the input joins the output layer's result
+in the tanh's argument, and that layer starts at zero, so training learns a change of the input.
+
 With `encoder="vgg:relu3_1"` the encoder is instead a trainable copy of the loss network's first
 layers (conv1_1 … relu3_1, initialised from the `.mat`), bridged into the same residual blocks and
 decoder: the generator of the two-stage schedule, whose first stage keeps these shared layers fixed.
@@ -279,12 +282,18 @@ class TransformNet(tf.Module):
     (Johnson's 32, 64, 128; tests use a few); `dtype` is the arithmetic of the convolutions; `seed`
     draws the initial weights. `encoder` "vgg:LAYER" replaces Johnson's encoder by VGGEncoder (from
     `network`, a vgg.Network) and a bridge (3x3 conv, norm, ReLU) to the residual width: the width
-    of the encoder's resolution (quarter size for relu3_1, half for relu2_1)."""
+    of the encoder's resolution (quarter size for relu3_1, half for relu2_1).
+
+    `identity_start`: the untrained network returns its input (see the module docstring). Its
+    Glorot-initialised output layer instead starts as noise over the whole 0..255 range, whose Gram
+    matrices are tens of times the painting's; the steps that lower the style term fastest then drive
+    the tanh into saturation, one flat white image where gradients vanish for hundreds of steps."""
 
     def __init__(self, widths=JOHNSON_WIDTHS, variant="improved", residual_blocks=RESIDUAL_BLOCKS,
-                 dtype=tf.float32, seed=0, name="transform_net", encoder=None, network=None):
+                 dtype=tf.float32, seed=0, name="transform_net", encoder=None, network=None,
+                 identity_start=False):
         super().__init__(name=name)
-        self.dtype = tf.as_dtype(dtype)
+        self.dtype, self.identity_start = tf.as_dtype(dtype), identity_start
         v, rng = VARIANTS[variant], np.random.default_rng(seed)
         c1, c2, c3 = widths
         if encoder is None:
@@ -308,6 +317,8 @@ class TransformNet(tf.Module):
         if self.depth >= 1:
             self.up2, self.norm5 = up(c2, c1), _norm(v, c1, "norm5")
         self.conv_out = SpaceToDepthConv(c1, 3, 9, rng, padding=v.padding)
+        if identity_start:
+            self.conv_out.kernel.assign(tf.zeros_like(self.conv_out.kernel))
 
     @property
     def encoder_variables(self):
@@ -336,5 +347,9 @@ class TransformNet(tf.Module):
             x = tf.nn.relu(norm(up(x, size), training))
         # The scaled tanh of jcjohnson's and lengstrom's code: it reaches 0 and 255 before it saturates,
         # so a black or white region still has gradients (127.5 * (1 + tanh) traps them at 0).
-        stylized = 127.5 + 150.0 * tf.tanh(tf.cast(self.conv_out(x), tf.float32))
+        x = tf.cast(self.conv_out(x), tf.float32)
+        if self.identity_start:  # the input, as the tanh's argument that gives it back
+            y = (tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0) - 127.5) / 150.0
+            x += 0.5 * tf.math.log((1.0 + y) / (1.0 - y))  # atanh(y), which TFLite lacks
+        stylized = 127.5 + 150.0 * tf.tanh(x)
         return stylized if training else tf.clip_by_value(stylized, 0.0, 255.0)

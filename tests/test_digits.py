@@ -183,6 +183,20 @@ def test_the_sheet_labels_carry_the_numbers(tmp_path):
     assert headed[:headed.shape[0] - plain.shape[0]].min() < 100  # text drawn above the digits
 
 
+def test_the_loss_plot_is_not_stretched_by_an_identity_starts_first_step(tmp_path, monkeypatch):
+    """At step 1 of an identity start the content term is 0 (or 1e-12): the log axis starts just
+    below the running means instead."""
+    from matplotlib.figure import Figure
+    limits = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: limits.append(figure.axes[0].get_ylim()))
+    entries = [{"step": step, "stage": 1, "content": 1e-12 if step == 1 else 2.0, "style": 1e-3, "tv": 10.0,
+                "total": 5.0} for step in range(1, 101)]
+    weights = {"content": 1.0, "style": 1000.0, "pixel": 0.0, "tv": 1e-4}
+    digits.save_loss_plot(tmp_path / "losses.png", {"A": entries, "B": entries}, weights,
+                          {"A": "A: stage 1", "B": "B: two stages"}, 50)
+    assert 1e-4 < limits[0][0] < 1e-3  # half the weighted TV term, 1e-3
+
+
 def test_the_sheet_shows_one_digit_of_each_class_first():
     labels = np.array([3, 3, 1, 0, 1, 2, 3, 0])
     assert digits.sheet_columns(labels, count=5) == [0, 1, 2, 3, 5]
@@ -236,19 +250,21 @@ def test_the_study_trains_both_runs_for_each_seed_measures_them_and_resumes(
     assert "already holds a study" in capsys.readouterr().err
 
 
-def test_the_study_defaults_to_its_own_style_layers_and_size_weighted_as_trains(style, tiny16, tmp_path,
-                                                                                monkeypatch):
+def test_the_study_defaults_to_its_own_style_layers_size_and_start(style, tiny16, tmp_path,
+                                                              monkeypatch):
     """Its layers take train's 1/C^2 weights (so that --style-weight is on train's scale), not the
     1/n that --style-layers gives layers without a weight; a --style-layers given replaces them."""
     seen = []
     monkeypatch.setattr(digits, "run_study", lambda out, study, network, **options: seen.append(
         study.settings) or digits.StudyResult("interrupted", "A", 0, 0, {}))
     assert cli(*study_args(style, tiny16, tmp_path / "a")) == 130
-    assert cli(*study_args(style, tiny16, tmp_path / "b", "--style-layers", "relu1_2")) == 130
+    assert cli(*study_args(style, tiny16, tmp_path / "b", "--style-layers", "relu1_2",
+                           "--no-identity-start")) == 130
     trains = fast_train.Settings(style="", data="", network="").with_defaults(vgg.load(tiny16)).style_layers
     assert seen[0].style_layers == {name: trains[name] for name in fast_style.STUDY_STYLE_LAYERS}
     assert seen[0].style_size == fast_style.STUDY_DEFAULTS["style_size"] != seen[0].image_size
-    assert seen[1].style_layers == {"relu1_2": 1.0}
+    assert seen[0].identity_start  # the study's generator starts as the identity; train's does not
+    assert seen[1].style_layers == {"relu1_2": 1.0} and not seen[1].identity_start
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -16,7 +16,7 @@ import fast_train
 import images
 import transformer
 import vgg
-from conftest import fast_style_cli as cli, smooth_image, stripes_image, train_args
+from conftest import assert_exports_match, fast_style_cli as cli, smooth_image, stripes_image, train_args
 from quiet_tf import tf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,3 +184,15 @@ sys.exit(fast_style.main(args))
     image = tf.constant(smooth_image(40, 40, seed=4)[np.newaxis])
     np.testing.assert_allclose(two(image).numpy(), one(image).numpy(), atol=0.5)
     assert np.abs(one(image).numpy() - transformer.TransformNet((8, 8, 8))(image).numpy()).max() > 5
+
+
+def test_a_training_with_identity_start_is_rebuilt_as_one(inputs, tiny16, tmp_path):
+    """training.json records it, so that the restored network and the export start from the input
+    too: after one step at a negligible learning rate they still return it."""
+    model = tmp_path / "model"
+    assert cli(*train_args(inputs, tiny16, model, 1, "--identity-start", "--learning-rate", "1e-9")) == 0
+    assert json.loads((model / "training.json").read_text())["identity_start"] is True
+    image = smooth_image(24, 28, seed=5)[np.newaxis]
+    np.testing.assert_allclose(fast_apply.restore_network(model)(tf.constant(image)).numpy(), image, atol=0.05)
+    assert_exports_match(model, image)  # TFLite too: it has no atanh op
+    assert fast_train.load_settings(model).identity_start and not fast_train.Settings("", "", "").identity_start

@@ -60,3 +60,20 @@ def test_the_output_has_the_inputs_size_after_any_usable_layer(tiny16, layer):
     for shape in [(1, 5, 5, 3), (2, 13, 10, 3)]:
         out = net(tf.random.uniform(shape, 0, 255, seed=1)).numpy()
         assert out.shape == shape and out.min() >= 0 and out.max() <= 255
+
+
+@pytest.mark.parametrize("encoder", [None, "vgg:relu3_1"])
+def test_identity_start_returns_the_input_until_trained(tiny16, encoder):
+    """Its output layer starts at zero and the input is added in the tanh's argument; the layer still
+    gets gradients, so training can move away from the identity. Glorot's start is far from it."""
+    network = vgg.load(tiny16) if encoder else None
+    image = tf.constant(np.concatenate([smooth_image(20, 24, seed=3)[np.newaxis],
+                                        np.full((1, 20, 24, 3), [0, 255, 128], np.float32)]))
+    net = transformer.TransformNet((4, 4, 4), encoder=encoder, network=network, identity_start=True)
+    for training in (False, True):
+        np.testing.assert_allclose(net(image, training=training).numpy(), image.numpy(), atol=0.01)
+    with tf.GradientTape() as tape:
+        change = tf.reduce_mean(tf.square(net(image, training=True) - 100.0))
+    assert np.abs(tape.gradient(change, net.conv_out.kernel).numpy()).max() > 0
+    noise = transformer.TransformNet((4, 4, 4), encoder=encoder, network=network)(image).numpy()
+    assert np.abs(noise - image.numpy()).mean() > 20
