@@ -111,19 +111,18 @@ class Objective:
         self.content_layers = settings.content_layers
         self.settings = settings
         self.set_balance(balance)
-        # One image's features at a time, the styles' reduced to Gram matrices at once: at 4096 px
-        # the maps of block 1 alone are gigabytes.
-        features = vgg(content[np.newaxis])
-        self.content_targets = {name: features[name] for name in self.content_layers}
-        sizes = {name: features[name].shape[1:3] for name in settings.style_layers}
-        del features
+        # One map at a time, the styles' reduced to Gram matrices at once: at 4096 px block 1's
+        # maps are gigabytes each.
+        self.content_targets, sizes = {}, {}
+        for name, features in vgg.each(content[np.newaxis]):
+            sizes[name] = features.shape[1:3]
+            if name in self.content_layers:
+                self.content_targets[name] = tf.cast(features, tf.float32)
         layer_sets = settings.style_layer_sets or [list(settings.style_layers)] * len(styles)
-        style_grams = []  # per style image, {layer: (Gram matrix, positions)}
-        for style in styles:
-            style_features = vgg(style[np.newaxis])
-            style_grams.append({name: (losses.gram_matrix(features), int(np.prod(features.shape[1:3])))
-                                for name, features in style_features.items() if name in settings.style_layers})
-            del style_features
+        style_grams = [  # per style image, {layer: (Gram matrix, positions)}
+            {name: (losses.gram_matrix(tf.cast(features, tf.float32)), int(np.prod(features.shape[1:3])))
+             for name, features in vgg.each(style[np.newaxis]) if name in settings.style_layers}
+            for style in styles]
         self.style_terms = []  # (layer, weight, target Gram, mask at the layer's size or None)
         for name, weight in settings.style_layers.items():
             users = [i for i, layer_set in enumerate(layer_sets) if name in layer_set]

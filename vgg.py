@@ -501,14 +501,18 @@ class VGG:
 
     def native(self, images):
         """{name: features} in the network's own dtype."""
+        features = dict(self.each(images))
+        return {name: features[name] for name in self.outputs}
+
+    def each(self, images):
+        """(name, features in the network's dtype) for each output as it is computed, so that a
+        caller that reduces each at once holds one map at a time (at 4096 px they are gigabytes)."""
         x = tf.cast(images - self._mean, self.dtype)
-        features = {}
         for segment in self._segments:
             names = [layer.name for layer in segment if layer.name in self.outputs]
             run = lambda x, segment=segment, names=names: self._run_segment(segment, names, x)
             x, *outputs = (tf.recompute_grad(run) if self.recompute else run)(x)
-            features.update(zip(names, outputs))
-        return {name: features[name] for name in self.outputs}
+            yield from zip(names, outputs)
 
     def _run_segment(self, segment, names, x):
         outputs = []
