@@ -26,8 +26,9 @@ Speed does not depend on the weights' values, so without --network the benchmark
 --gpu replaces them all with one section (on a machine with no GPU it says so and stops):
   gpu      what --precision auto picks, whether short Adam and L-BFGS runs in each reduced
            precision stay finite (float16 through its loss scaling), seconds per Adam step and per
-           L-BFGS evaluation of both implementations at 512 px, and the fast preset's wall time at
-           512, 1024 and 2048 px (a size not begun within the five minutes is left out).
+           L-BFGS evaluation of both implementations at 512 px, and the fast preset from the command
+           to the saved image (the fast section's timer) at 512, 1024 and 2048 px (a size not
+           begun within the five minutes is left out).
 """
 import argparse
 import dataclasses
@@ -56,6 +57,7 @@ EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
 RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"
 SECTIONS = ("steps", "paired", "fast", "memory", "quality", "startup", "feedforward")
 GPU_SECONDS = 300  # the --gpu check's budget
+QUICK_FAST = ("--iterations", "2", "--scales", "0.5:2,1")  # --quick's fast runs, for the tests
 
 
 def main(argv=None):
@@ -95,14 +97,15 @@ def main(argv=None):
     content, style = images.load_image(args.content), images.load_image(args.style)
     precisions = (args.precisions.split(",") if args.precisions else default_precisions())
     if "gpu" in sections:
-        results["gpu"] = gpu_check(network, content, style)
+        results["gpu"] = gpu_check(network, network_path, args.content, args.style,
+                                   fast_options=QUICK_FAST if args.quick else ())
     if "steps" in sections:
         results["steps"] = step_times(network, content, style, sizes, precisions, args.repeats)
     if "paired" in sections:
         results["paired"] = paired_ratios(network, content, style, sizes, precisions, args.repeats)
     if "fast" in sections:
-        results["fast"] = fast_command(network, network_path, args, args.fast_size, args.repeats,
-                                       quick=args.quick)
+        results["fast"] = fast_command(network, network_path, args.content, args.style, args.fast_size,
+                                       args.repeats, QUICK_FAST if args.quick else ())
     if "memory" in sections:
         results["memory"] = memory(network_path, args, memory_sizes)
     if "quality" in sections:
@@ -283,13 +286,14 @@ def paired_ratios(network, content, style, sizes, precisions, rounds):
 
 # ---- the GPU check ------------------------------------------------------------------------------
 
-def gpu_check(network, content, style, step_size=512, fast_sizes=(512, 1024, 2048), run_iterations=50,
-              repeats=5, budget=GPU_SECONDS, fast_iterations=None):
+def gpu_check(network, network_path, content_path, style_path, step_size=512, fast_sizes=(512, 1024, 2048),
+              run_iterations=50, repeats=5, budget=GPU_SECONDS, fast_options=()):
     """What --precision auto picks, whether `run_iterations` of Adam and of L-BFGS (both
     implementations) in each reduced precision stay finite, the step timings at `step_size` in
     float32 and the automatic precision, and the fast preset's wall time per size while `budget`
     seconds last."""
     start = time.perf_counter()
+    content, style = images.load_image(content_path), images.load_image(style_path)
     auto = vgg.resolve_precision("auto")
     gpus = tf.config.list_physical_devices("GPU")
     details = [tf.config.experimental.get_device_details(gpu) for gpu in gpus]
@@ -314,42 +318,30 @@ def gpu_check(network, content, style, step_size=512, fast_sizes=(512, 1024, 204
                                  repeats)
     adam = {r["precision"]: r["seconds"] for r in result["steps"] if r["optimizer"] == "adam"}
     result["auto_speedup"] = adam["float32"] / adam[auto]
-    result["fast"] = fast_wall_times(network, content, style, fast_sizes, start + budget, fast_iterations)
+    result["fast"] = []  # per size, from the command to the image, while the budget lasts
+    for size in fast_sizes:
+        if time.perf_counter() > start + budget:
+            result["fast"].append({"size": size, "skipped": "past the time budget"})
+        else:
+            result["fast"].append(fast_command(network, network_path, content_path, style_path, size, repeats,
+                                               fast_options))
+        print(f"  gpu {result['fast'][-1]}", file=sys.stderr)
     result["seconds"] = time.perf_counter() - start
     return result
 
 
-def fast_wall_times(network, content, style, sizes, deadline, iterations=None):
-    """The fast preset's seconds per long side (its own iterations unless `iterations`); a size
-    not begun by `deadline` (a time.perf_counter() value) is left out."""
-    from stylize import stylize
-    rows = []
-    for size in sizes:
-        if time.perf_counter() > deadline:
-            rows.append({"size": size, "skipped": "past the time budget"})
-            continue
-        image = fit(content, size)
-        began = time.perf_counter()
-        run = stylize(network, image, [style], settings_for_preset("fast", iterations=iterations, seed=0))
-        rows.append({"size": size, "image": f"{image.shape[1]}x{image.shape[0]}", "status": run.status,
-                     "seconds": time.perf_counter() - began})
-        print(f"  gpu {rows[-1]}", file=sys.stderr)
-    return rows
-
-
-def fast_command(network, network_path, args, size, repeats, quick=False):
-    """`neural_style.py --preset fast` from the command to the saved image (a fresh process: start-up,
-    calibration and compiling included), against the plain float32 step at that size, timed before
-    and after it so that a change of the machine's load shows."""
-    content, style = fit(images.load_image(args.content), size), fit(images.load_image(args.style), size)
+def fast_command(network, network_path, content_path, style_path, size, repeats, options=()):
+    """`neural_style.py --preset fast` (with `options`) from the command to the saved image (a fresh
+    process: start-up, calibration and compiling included), against the plain float32 step at that
+    size, timed before and after it so that a change of the machine's load shows."""
+    content = fit(images.load_image(content_path), size)
+    style = fit(images.load_image(style_path), size)
     plain = plain_step(network, content, style, settings_for_preset("writeup"))
     before = _time(plain, repeats, warmup=2)["median"]
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, str(ROOT / "neural_style.py"), "--preset", "fast", "--content", str(args.content),
-                   "--style", str(args.style), "--network", str(network_path), "--max-size", str(size),
-                   "--output", str(Path(folder) / "fast.png"), "--seed", "0"]
-        if quick:
-            command += ["--iterations", "2", "--scales", "0.5:2,1"]
+        command = [sys.executable, str(ROOT / "neural_style.py"), "--preset", "fast", "--content", str(content_path),
+                   "--style", str(style_path), "--network", str(network_path), "--max-size", str(size),
+                   "--output", str(Path(folder) / "fast.png"), "--seed", "0", *options]
         began = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - began
@@ -576,10 +568,13 @@ def table(results):
             lines.append(f"| {r['precision']} | {_optimizer(r)} | {r['status']} | {r['first_loss']:.4g} | "
                          f"{r['lowest_loss']:.4g} | {'yes' if r['stable'] else 'NO'} |")
         lines += steps_table(g["steps"])
-        lines += ["", "| fast preset, long side | image | seconds |", "|---|---|---|"]
+        lines += ["", "| fast preset, long side | image | command to image (s) | plain float32 steps |",
+                  "|---|---|---|---|"]
         for r in g["fast"]:
-            seconds = f"{r['seconds']:.1f} ({r['status']})" if "seconds" in r else r["skipped"]
-            lines.append(f"| {r['size']} | {r.get('image', '-')} | {seconds} |")
+            if "seconds" in r:
+                lines.append(f"| {r['size']} | {r['image']} | {r['seconds']} | {r['plain_steps']} |")
+            else:
+                lines.append(f"| {r['size']} | - | {r.get('skipped') or r['error']} | - |")
     if "steps" in results:
         lines += steps_table(results["steps"])
     if "paired" in results:

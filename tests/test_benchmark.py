@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import benchmark
+import images
 from conftest import smooth_image, stripes_image
 
 CONTENT, STYLE = smooth_image(48, 64), stripes_image(40, 40)
@@ -63,24 +64,35 @@ def test_gpu_check_on_a_machine_without_one_says_so_in_one_line(tmp_path):
         "error: benchmark.py --gpu: TensorFlow sees no GPU on this machine; nothing was measured"]
 
 
+def _image_files(folder):
+    content, style = folder / "content.png", folder / "style.png"
+    images.save_image(content, CONTENT)
+    images.save_image(style, STYLE)
+    return content, style
+
+
 @pytest.mark.slow
-def test_gpu_check_runs_its_measurements(tiny_network):
+def test_gpu_check_runs_its_measurements(tiny_network, tiny_mat, tmp_path):
     """The GPU check's own code, on this machine's CPU with the tiny network and sizes."""
-    result = benchmark.gpu_check(tiny_network, CONTENT, STYLE, step_size=48, fast_sizes=(40,),
-                                 run_iterations=4, repeats=2, fast_iterations=3)
+    result = benchmark.gpu_check(tiny_network, tiny_mat, *_image_files(tmp_path), step_size=48, fast_sizes=(40,),
+                                 run_iterations=4, repeats=2, fast_options=benchmark.QUICK_FAST)
     assert result["auto_precision"] in ("float32", "bfloat16") and result["gpus"] == []
     assert {(r["precision"], r["optimizer"], r["lbfgs_impl"]) for r in result["short_runs"]} == {
         (p, o, i) for p in ("bfloat16", "float16") for o, i in benchmark.OPTIMIZERS}
     assert all(r["stable"] for r in result["short_runs"])
     assert all(r["lowest_loss"] < r["first_loss"] for r in result["short_runs"] if r["optimizer"] == "lbfgs")
     assert {r["lbfgs_impl"] for r in result["steps"]} == {None, "scipy", "tf"}
-    assert result["fast"][0]["status"] == "done" and result["fast"][0]["seconds"] > 0
+    fast = result["fast"][0]  # the same command timer as the fast section
+    assert fast["seconds"] > 0 and fast["plain_steps"] > 0 and fast["image"] == "40x30"
     assert "GPU check" in benchmark.table({"machine": {}, "network": "tiny", "gpu": result})
 
 
-def test_gpu_check_leaves_out_the_sizes_past_its_budget(tiny_network):
-    rows = benchmark.fast_wall_times(tiny_network, CONTENT, STYLE, (40, 48), deadline=0.0, iterations=3)
-    assert [r["size"] for r in rows] == [40, 48] and all("budget" in r["skipped"] for r in rows)
+def test_gpu_check_leaves_out_the_sizes_past_its_budget(tiny_network, tiny_mat, tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "fast_command", lambda *args: pytest.fail("timed a size past the budget"))
+    result = benchmark.gpu_check(tiny_network, tiny_mat, *_image_files(tmp_path), step_size=48,
+                                 fast_sizes=(40, 48), run_iterations=2, repeats=1, budget=0.0)
+    assert [r["size"] for r in result["fast"]] == [40, 48] and all("budget" in r["skipped"] for r in result["fast"])
+    assert "past the time budget" in benchmark.table({"machine": {}, "network": "tiny", "gpu": result})
 
 
 @pytest.mark.parametrize("argv, message", [
