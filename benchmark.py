@@ -52,6 +52,9 @@ from presets import settings_for_preset
 from quiet_tf import tf
 
 ROOT = Path(__file__).resolve().parent
+# The fast and memory sections run processes of their own beside this one: on a GPU this one must
+# not take all of its memory first, as TensorFlow does by default (tf is imported on first use).
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 EXAMPLE_CONTENT = ROOT / "examples" / "chelsea.jpg"
 EXAMPLE_STYLE = ROOT / "examples" / "swirls.jpg"
 RANDOM_VGG19 = vgg.WEIGHTS_DIR / "random-vgg19-benchmark.mat"

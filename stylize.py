@@ -249,6 +249,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
     nets = {}  # one network per precision and memory mode, shared by the scales
 
     def net_for(precision, height, width):
+        precision = resolve_precision(precision)
         recompute = settings.recompute
         if recompute == "auto":
             recompute = _needs_recompute(network, layers, height, width, precision)
@@ -274,12 +275,14 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         # Calibrated at white noise (the paper's start, a fixed seed) whatever the run starts from
         # (from the content the content gradient is 0), and at every scale, so that each scale aims
         # at the same balance (in printed units the balance point moves with the size).
-        # In the run's precision: in float32 the calibration alone would take over 20 GB at 4096 px.
+        # In the run's precision (in float32 the calibration alone would take over 20 GB at 4096
+        # px), except float16, whose gradient norms have no loss scaling to keep them finite.
         noise = np.clip(initial_image(replace(settings, init="noise", seed=0), scaled_content,
                                       scaled_styles[0], network.mean_pixel), 0.0, 255.0)
-        balance = resolve_balance(settings, lambda: Objective(net, scaled_content, scaled_styles, blend,
-                                                              settings, scaled_masks),
-                                  network, noise, scaled_content, scaled_styles, scaled_masks)
+        calibration = replace(settings, precision=_calibration_precision(settings.precision))
+        balance = resolve_balance(calibration, lambda: Objective(
+            net_for(calibration.precision, height, width), scaled_content, scaled_styles, blend, settings,
+            scaled_masks), network, noise, scaled_content, scaled_styles, scaled_masks)
         if image is None:
             start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
         else:
@@ -401,6 +404,11 @@ class _Reporter:
         progress = Progress(self.offset + local_iteration, self.total, time.perf_counter() - self.start,
                             *map(float, terms), float(total), lambda: self.finish(image()))
         return self.monitor(progress)
+
+
+def _calibration_precision(precision):
+    resolved = resolve_precision(precision)
+    return "float32" if resolved == "float16" else resolved
 
 
 def _scaled_size(shape, fraction):

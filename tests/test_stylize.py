@@ -689,3 +689,18 @@ def test_recomputed_layer_losses_give_the_same_terms_and_gradient(tiny_network):
     assert np.abs(stored).max() > 0 and stored_terms[1] > 0
     np.testing.assert_allclose(recomputed_terms, stored_terms, rtol=1e-5)
     np.testing.assert_allclose(recomputed, stored, rtol=1e-4, atol=1e-4 * np.abs(stored).max())
+
+
+@pytest.mark.parametrize("precision, calibrated_in", [("bfloat16", tf.bfloat16), ("float16", tf.float32)])
+def test_calibration_runs_in_the_runs_precision_but_never_float16(tiny_network, tmp_path, monkeypatch,
+                                                                   precision, calibrated_in):
+    """In the run's precision to fit where the run fits; float16 has no loss scaling there to keep
+    the gradient norms finite, so it calibrates in float32."""
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    seen = []
+    monkeypatch.setattr(stylize.Objective, "gradient_norms",
+                        lambda self, image: seen.append(self.vgg.dtype) or (1.0, 1.0))
+    settings = presets.settings_for_preset("fast", scales=((1.0, 1),), precision=precision, seed=0)
+    result = stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(32, 40)], settings)
+    assert seen == [calibrated_in]
+    assert result.balance == pytest.approx(losses.UNITS[settings.loss_units].reference_balance)  # norms 1, 1
