@@ -458,10 +458,10 @@ class VGG:
     Images are [batch, height, width, 3] float32 RGB in 0..255; the mean pixel is subtracted here.
     `pooling` replaces the file's max pooling by average pooling ("avg", as Gatys et al.) or keeps
     it ("max"). The network computes in `dtype` (float32, bfloat16, float16); features come back as
-    float32 (`native` leaves them in `dtype`). With `recompute`, each layer's activations (a
-    convolution, its ReLU and any pooling after it) are recomputed in the backward pass instead of
-    being stored, which trades about a third more time for far less memory at large sizes; per
-    layer, not per block, because at 4096 px one block-1 map alone is 1.6 GB in bfloat16.
+    float32 (`native` leaves them in `dtype`). With `recompute`, each block's activations are
+    recomputed in the backward pass instead of being stored, which trades about a third more time
+    for less memory at large sizes (per layer was measured too: at 4096 px it kept more, since the
+    layers' inputs are the very maps a plain backward pass keeps).
     `weights`, {conv name: (kernel, bias)}, runs the graph on other tensors than the file's constants
     (the trainable copy of the two-stage generator).
     """
@@ -483,11 +483,11 @@ class VGG:
         self._weights = weights or {
             layer.name: (tf.constant(layer.kernel, self.dtype), tf.constant(layer.bias, self.dtype))
             for layer in self.layers if layer.type == "conv"}
-        self._segments = []  # the unit of recomputation: a convolution and the layers up to the next
+        self._segments = [[]]  # the unit of recomputation: a block, ending at its pooling layer
         for layer in self.layers:
-            if layer.type == "conv" or not self._segments:
-                self._segments.append([])
             self._segments[-1].append(layer)
+            if layer.type == "pool" and layer is not self.layers[-1]:
+                self._segments.append([])
 
     def check_size(self, what, height, width, advice):
         """The one "image too small for the deepest layer" check: a UserError saying what to do."""
