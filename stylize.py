@@ -119,10 +119,10 @@ class Objective:
             if name in self.content_layers:
                 self.content_targets[name] = tf.cast(features, tf.float32)
         layer_sets = settings.style_layer_sets or [list(settings.style_layers)] * len(styles)
-        style_grams = [  # per style image, {layer: (Gram matrix, positions)}
+        style_grams = [  # per style image, {layer it uses: (Gram matrix, positions)}
             {name: (losses.gram_matrix(tf.cast(features, tf.float32)), int(np.prod(features.shape[1:3])))
-             for name, features in vgg.each(style[np.newaxis]) if name in settings.style_layers}
-            for style in styles]
+             for name, features in vgg.each(style[np.newaxis]) if name in settings.style_layers and name in used}
+            for style, used in zip(styles, layer_sets)]
         self.style_terms = []  # (layer, weight, target Gram, mask at the layer's size or None)
         for name, weight in settings.style_layers.items():
             users = [i for i, layer_set in enumerate(layer_sets) if name in layer_set]

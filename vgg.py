@@ -483,11 +483,12 @@ class VGG:
         self._weights = weights or {
             layer.name: (tf.constant(layer.kernel, self.dtype), tf.constant(layer.bias, self.dtype))
             for layer in self.layers if layer.type == "conv"}
-        self._segments = [[]]  # the unit of recomputation: a block, ending at its pooling layer
-        for layer in self.layers:
-            self._segments[-1].append(layer)
-            if layer.type == "pool" and layer is not self.layers[-1]:
-                self._segments.append([])
+        self._blocks, block = [], []
+        for layer in self.layers:  # blocks end at each pooling layer
+            block.append(layer)
+            if layer.type == "pool" or layer is self.layers[-1]:
+                self._blocks.append(tuple(block))
+                block = []
 
     def check_size(self, what, height, width, advice):
         """The one "image too small for the deepest layer" check: a UserError saying what to do."""
@@ -508,15 +509,15 @@ class VGG:
         """(name, features in the network's dtype) for each output as it is computed, so that a
         caller that reduces each at once holds one map at a time (at 4096 px they are gigabytes)."""
         x = tf.cast(images - self._mean, self.dtype)
-        for segment in self._segments:
-            names = [layer.name for layer in segment if layer.name in self.outputs]
-            run = lambda x, segment=segment, names=names: self._run_segment(segment, names, x)
+        for block in self._blocks:
+            names = [layer.name for layer in block if layer.name in self.outputs]
+            run = lambda x, block=block, names=names: self._run_block(block, names, x)
             x, *outputs = (tf.recompute_grad(run) if self.recompute else run)(x)
             yield from zip(names, outputs)
 
-    def _run_segment(self, segment, names, x):
+    def _run_block(self, block, names, x):
         outputs = []
-        for layer in segment:
+        for layer in block:
             x = self._apply(layer, x)
             if layer.name in names:
                 outputs.append(x)
