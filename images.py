@@ -223,9 +223,14 @@ def load_mask(path):
 
 def fit_long_side(image, long_side):
     """Scale so that the longer side is `long_side` pixels, keeping the aspect ratio."""
-    height, width = image.shape[:2]
+    return resize(image, *fitted_size(image.shape, long_side))
+
+
+def fitted_size(shape, long_side):
+    """(height, width) of an image of `shape` scaled so that its longer side is `long_side`."""
+    height, width = shape[:2]
     scale = long_side / max(height, width)
-    return resize(image, round(height * scale), round(width * scale))
+    return round(height * scale), round(width * scale)
 
 
 def cap_long_side(image, max_size):

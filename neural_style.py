@@ -169,17 +169,22 @@ def load_inputs(args, max_size):
     nearest neighbour, as its load_img(target_size) did); with --writeup-exact the content as it is
     (stylize stretches the styles to it)."""
     import images
+    from stylize import use_returning_allocator
     preset = PRESETS[args.preset]
     content = images.load_image(args.content, "content image")
     styles = [images.load_image(path, "style image") for path in args.style]
+    rows, cols = content.shape[:2]
+    height = preset.get("height") if args.max_size is None else None
+    if args.writeup_exact:
+        size = (rows, cols)
+    elif height:
+        size = (height, max(1, int(cols * height / rows)))
+    else:
+        size = images.fitted_size(content.shape, min(max(rows, cols), max_size))
+    use_returning_allocator(*size)  # before the resize, TensorFlow's first operation
     if args.writeup_exact:
         return content, styles
-    height = preset.get("height") if args.max_size is None else None
-    if height:
-        rows, cols = content.shape[:2]
-        content = images.resize_nearest(content, height, max(1, int(cols * height / rows)))
-    else:
-        content = images.cap_long_side(content, max_size)
+    content = images.resize_nearest(content, *size) if height else images.resize(content, *size)
     if preset.get("style_at_content_size"):
         styles = [images.resize_nearest(style, *content.shape[:2]) for style in styles]
     return content, styles

@@ -8,6 +8,7 @@ or interruption, the last finite one if the loss stops being finite.
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 
@@ -166,16 +167,18 @@ class Objective:
         features = self.vgg.native(image)
         positions = tf.shape(image)[1] * tf.shape(image)[2]
 
-        def float32(loss):
-            """`loss` of a layer's features, taken in float32. With recomputation that copy is
-            recomputed too: at 4096 px block 1's is 3.2 GB."""
-            of_float32 = lambda f: loss(tf.cast(f, tf.float32))
-            return tf.recompute_grad(of_float32) if self.vgg.recompute else of_float32
-        content = tf.add_n([weight * float32(lambda f, target=self.content_targets[name]:
-                                             self.units.content(f, target))(features[name])
+        def layer_loss(loss, widen):
+            """`loss` of a layer's features, taken in float32 if `widen` (a Gram is taken from the
+            map's own precision: losses.gram_matrix). With recomputation the loss's own copies
+            are recomputed too."""
+            of_map = (lambda f: loss(tf.cast(f, tf.float32))) if widen else loss
+            return tf.recompute_grad(of_map) if self.vgg.recompute else of_map
+        content = tf.add_n([weight * layer_loss(lambda f, target=self.content_targets[name]:
+                                                self.units.content(f, target), widen=True)(features[name])
                             for name, weight in self.content_layers.items()])
-        style = tf.add_n([weight * float32(lambda f, gram=gram, mask=mask:
-                                           self.units.style(f if mask is None else f * mask, gram, positions))(features[name])
+        style = tf.add_n([weight * layer_loss(lambda f, gram=gram, mask=mask: self.units.style(
+                              f if mask is None else f * tf.cast(mask, f.dtype), gram, positions),
+                              widen=False)(features[name])
                           for name, weight, gram, mask in self.style_terms])
         tv = self.units.tv(image)
         if self.settings.tv_weight == 0:  # reported only: skip a backward pass that would be times 0
@@ -202,9 +205,10 @@ class LossScale:
     def gradient(self, tape, scaled_total, variable):
         """(gradient of the unscaled loss, whether its step should be taken), given a tape that
         recorded `scaled_total` = loss * self.scale; updates the scale."""
-        gradient = tape.gradient(scaled_total, variable) / self.scale
-        if not self.dynamic:
+        gradient = tape.gradient(scaled_total, variable)
+        if not self.dynamic:  # the scale is 1: no image-sized division
             return gradient, tf.constant(True)
+        gradient = gradient / self.scale
         finite = tf.reduce_all(tf.math.is_finite(gradient))
         count = tf.where(finite, self.finite_steps + 1, 0)
         grow = count >= self.growth_interval
@@ -289,7 +293,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             start = images.resize(image, height, width)
         objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks, balance)
         exact = None
-        if reduced and settings.optimizer == "lbfgs":
+        if reduced and settings.optimizer == "lbfgs" and _float32_fits(network, layers, height, width):
             exact = lambda: Objective(net_for("float32", height, width), scaled_content, scaled_styles,
                                       blend, settings, scaled_masks, balance)
         colours = images.resize(original_content, height, width)
@@ -413,6 +417,27 @@ def _calibration_precision(precision):
 
 def _scaled_size(shape, fraction):
     return max(1, round(shape[0] * fraction)), max(1, round(shape[1] * fraction))
+
+
+# TensorFlow's CPU allocator (oneDNN's, on x86) keeps every block it has ever held and reuses it:
+# at 2048x1536 that is 40% of a step faster than the system's, and a run peaks at 6-7 GB; at
+# 4096x3072, where 17.5 GB are alive at once, the blocks it keeps passed 22.5 GB (docs/speed.md).
+RETURNING_ALLOCATOR_PIXELS = 2048 * 2048
+
+
+def use_returning_allocator(height, width):
+    """For an output of more than RETURNING_ALLOCATOR_PIXELS, the system's allocator, which returns
+    what is freed, unless the user chose (TF_ONEDNN_USE_SYSTEM_ALLOCATOR). It must be called before
+    TensorFlow's first operation: the allocator is chosen when it is first used."""
+    if height * width > RETURNING_ALLOCATOR_PIXELS:
+        os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "true")
+
+
+def _float32_fits(network, layers, height, width):
+    """Whether a float32 evaluation fits in the memory available: its activations and half as much
+    again (a bfloat16 evaluation at 4096x3072 with recomputation: 17.5 GB live for 13.3 GB of
+    activations). Where it does not (4096 px), reduced precision finishes by itself."""
+    return 1.5 * activation_bytes(network, layers, height, width, "float32") < _available_memory()
 
 
 def _needs_recompute(network, layers, height, width, precision):

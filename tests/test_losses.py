@@ -25,6 +25,19 @@ def test_normalised_gram_divides_by_c_h_w():
                                gram_by_hand(F) / (3 * 4 * 5), rtol=1e-5)
 
 
+def test_gram_of_reduced_precision_maps_is_float32():
+    """bfloat16 maps are multiplied as they are and float16 ones widened first: 300 at 1000
+    positions sums to 9e7, past float16's 65504, which a float16 product would make infinite."""
+    large = np.full((1, 20, 50, 2), 300.0, np.float32)
+    for dtype in (tf.bfloat16, tf.float16):
+        gram = losses.gram_matrix(tf.cast(large, dtype))
+        assert gram.dtype == tf.float32
+        np.testing.assert_allclose(gram.numpy()[0], gram_by_hand(large), rtol=1e-2)
+    in_bfloat16 = tf.cast(F, tf.bfloat16)
+    np.testing.assert_allclose(losses.gram_matrix(in_bfloat16).numpy()[0],
+                               gram_by_hand(tf.cast(in_bfloat16, tf.float32).numpy()), rtol=1e-2, atol=1e-2)
+
+
 def test_content_loss_is_half_the_sum_of_squares():
     expected = 0.5 * np.sum((F.astype(np.float64) - P) ** 2)
     assert float(losses.content_loss(F, P)) == pytest.approx(expected, rel=1e-5)

@@ -1,6 +1,7 @@
 """The optimisation on a tiny network: both optimisers, progress, stopping, divergence, inits; and
 its speed levers: L-BFGS's hand-over to float32, coarse-to-fine scales, recomputation, the fast preset."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -386,6 +387,34 @@ def test_auto_recompute_when_activations_would_not_fit(tiny_network, monkeypatch
     scarce = run().image
     assert built == [False, True]
     np.testing.assert_allclose(scarce, plenty, atol=0.5)
+
+
+def test_no_float32_hand_over_where_it_would_not_fit(tiny_network, monkeypatch):
+    """At 4096 px a float32 evaluation would need about twice a bfloat16 one: bfloat16 finishes."""
+    exacts = []
+    original = stylize._lbfgs_tf
+
+    def recording(objective, start, iterations, report, exact=None):
+        exacts.append(exact)
+        return original(objective, start, iterations, report, exact)
+    monkeypatch.setattr(stylize, "_lbfgs_tf", recording)
+    run = lambda: stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(40, 40)],
+                                  small_settings(iterations=2, precision="bfloat16"))
+    run()
+    monkeypatch.setattr(stylize, "_available_memory", lambda: 1000)
+    assert run().status == "done"
+    assert exacts[0] is not None and exacts[1] is None
+
+
+def test_returning_allocator_only_for_large_outputs_and_never_over_the_users_choice(monkeypatch):
+    monkeypatch.delenv("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", raising=False)
+    stylize.use_returning_allocator(2048, 1536)
+    assert "TF_ONEDNN_USE_SYSTEM_ALLOCATOR" not in os.environ
+    stylize.use_returning_allocator(3072, 4096)
+    assert os.environ["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] == "true"
+    monkeypatch.setenv("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "false")
+    stylize.use_returning_allocator(3072, 4096)
+    assert os.environ["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] == "false"
 
 
 def test_activation_bytes_counts_every_stored_map(tiny_network):
