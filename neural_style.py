@@ -236,7 +236,7 @@ class Monitor:
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
                 f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
-        self.bar.update(state.iteration, text, keep, total=state.total_iterations)
+        self.bar.update(state.iteration, text, keep, total=state.total_iterations, done=state.done)
         self.losses[state.iteration] = (state.content_loss, state.style_loss, state.tv_loss, state.total_loss)
         if keep:
             self.plot()

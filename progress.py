@@ -35,23 +35,26 @@ class Bar:
     def __init__(self, total=None, description="", unit="it", stream=None, initial=0):
         from tqdm import tqdm  # imported here: --help must not pay for it
         self.stream = stream or sys.stderr
-        self.total, self.n = total, initial
+        self.total, self.n, self.done = total, initial, None
         self.live = _is_terminal(self.stream)
+        # tqdm's own ETA assumes steps of one cost; the postfix carries ours (see update's `done`).
         self._bar = tqdm(total=total, initial=initial, desc=description or None, unit=unit,
                          file=self.stream, disable=not self.live, leave=True, dynamic_ncols=True,
-                         mininterval=0.1)
-        self._first = None  # (clock, n) at the first update
+                         mininterval=0.1, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{postfix}]")
+        self._first = None  # (clock, share done) at the first update
 
-    def update(self, n, text="", keep=False, total=None):
+    def update(self, n, text="", keep=False, total=None, done=None):
         """Move to `n` of `total` (which a caller may learn only now); `text` is the bar's postfix
-        and, when `keep`, a permanent line."""
+        and, when `keep`, a permanent line. `done`, the share of the work done, times the ETA where
+        steps differ in cost (coarse to fine: a scale's iterations cost as its pixels); by default
+        it is n / total."""
         if total is not None and total != self.total:
             self.total = self._bar.total = total
+        self.n, self.done = n, done
         if self._first is None:
-            self._first = (time.perf_counter(), n)
-        self.n = n
+            self._first = (time.perf_counter(), self._share())
         if self.live:
-            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.set_postfix_str(f"{text}  {self.timing()}", refresh=False)
             self._bar.update(n - self._bar.n)
         if keep:
             self.keep(f"{text}  {self.timing()}")
@@ -71,9 +74,14 @@ class Bar:
             return f"{duration(0)} elapsed, ETA ?"
         clock, first = self._first
         elapsed = time.perf_counter() - clock
-        done = self.n - first
-        left = elapsed / done * (self.total - self.n) if done and self.total else float("nan")
+        share, done = self._share(), self._share() - first
+        left = elapsed / done * (1.0 - share) if done > 0 else float("nan")
         return f"{duration(elapsed)} elapsed, ETA {duration(left)}"
+
+    def _share(self):
+        if self.done is not None:
+            return self.done
+        return self.n / self.total if self.total else float("nan")
 
     def keep(self, text):
         """A permanent line: above the live bar on a terminal, a line of its own in a log."""

@@ -205,7 +205,7 @@ class RunMonitor:
             self.start = time.perf_counter() - state.seconds
         record = state.as_record()
         self.log.write(json.dumps(record) + "\n")
-        elapsed, left = progress.eta(self.start, state.iteration, state.total_iterations)
+        elapsed, left = progress.eta(self.start, state.done, 1.0)  # coarse to fine: shares of pixels
         now = time.monotonic()
         snapshot = self.last_snapshot is None or now - self.last_snapshot >= self.snapshot_seconds
         if snapshot:

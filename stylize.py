@@ -81,6 +81,7 @@ class Progress:
     tv_loss: float
     total_loss: float
     image: callable  # () -> the current image as it would be saved
+    done: float = None  # the share of the run's work done (an iteration weighs as its scale's pixels)
 
     def as_record(self):
         return {"iteration": self.iteration, "seconds": round(self.seconds, 4),
@@ -264,7 +265,7 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
 
     # L-BFGS in reduced precision goes on in float32 once rounding noise stops it (_lbfgs).
     reduced = resolve_precision(settings.precision) != "float32"
-    report = _Reporter(monitor, sum(iterations for _, iterations in plan))
+    report = _Reporter(monitor, plan)
     image = None
     for i, ((height, width), iterations) in enumerate(plan):
         net = net_for(settings.precision, height, width)
@@ -387,15 +388,19 @@ def _save_balance_cache(network, cache):
 
 
 class _Reporter:
-    """Numbers the iterations of all scales in one sequence and hands them to the monitor."""
+    """Numbers the iterations of all scales in one sequence and hands them to the monitor, with the
+    share of the run's work done, an iteration weighing as its scale's pixels (the ETA's measure)."""
 
-    def __init__(self, monitor, total):
-        self.monitor, self.total = monitor, total
-        self.offset, self.next_offset, self.start, self.finish = 0, 0, None, None
+    def __init__(self, monitor, plan):
+        self.monitor, self.total = monitor, sum(iterations for _, iterations in plan)
+        self.pixels = [height * width for (height, width), _ in plan]
+        self.work = [pixels * iterations for pixels, (_, iterations) in zip(self.pixels, plan)]
+        self.offset, self.next_offset, self.start, self.finish, self.scale = 0, 0, None, None, -1
 
     def next_scale(self, finish, first):
         self.offset = self.next_offset + (0 if first else 1)
         self.finish = finish
+        self.scale += 1
 
     def iteration_of(self, local_iteration):
         return self.offset + local_iteration
@@ -405,8 +410,10 @@ class _Reporter:
         if self.start is None:
             self.start = time.perf_counter()
         self.next_offset = self.offset + local_iteration
+        # A later scale's first evaluation (of the upsampled image) is its first iteration.
+        done = (sum(self.work[:self.scale]) + self.pixels[self.scale] * (local_iteration + (self.scale > 0)))
         progress = Progress(self.offset + local_iteration, self.total, time.perf_counter() - self.start,
-                            *map(float, terms), float(total), lambda: self.finish(image()))
+                            *map(float, terms), float(total), lambda: self.finish(image()), min(1.0, done / sum(self.work)))
         return self.monitor(progress)
 
 

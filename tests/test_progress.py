@@ -27,8 +27,26 @@ def test_in_a_log_the_bar_writes_only_the_kept_lines():
 def test_on_a_terminal_the_bar_is_live_and_kept_lines_stay():
     text = run_bar(Terminal())
     assert "\r" in text and "100%" in text  # the live bar, redrawn in place, reaches the end
-    kept = [line.rsplit("\r", 1)[-1].split("  ")[0] for line in text.split("\n") if "elapsed, ETA" in line]
+    last = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    kept = [line.split("  ")[0] for line in last if "elapsed, ETA" in line and "|" not in line]
     assert kept == [f"step {n}/50" for n in (10, 20, 30, 40, 50)]
+
+
+def test_the_eta_follows_the_share_of_work_done_where_steps_differ_in_cost(monkeypatch):
+    """Coarse to fine: 100 quarter-size iterations done in 10 s, 10 full-size ones to go, each as
+    costly as 16 of those: 16 s left, not the 1 s that counting iterations would say."""
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    work = 100 / 16 + 10
+    for stream in (io.StringIO(), Terminal()):
+        bar = progress.Bar(total=110, stream=stream)
+        bar.update(0, "start", done=0.0)
+        clock[0] += 10.0
+        bar.update(100, "coarse done", keep=True, done=(100 / 16) / work)
+        assert bar.timing() == "10.0s elapsed, ETA 16.0s"
+        assert "ETA 16.0s" in stream.getvalue()
+        bar.close()
+        clock[0] = 0.0
 
 
 def test_a_count_that_goes_back_starts_a_new_pass():

@@ -389,6 +389,16 @@ def test_auto_recompute_when_activations_would_not_fit(tiny_network, monkeypatch
     np.testing.assert_allclose(scarce, plenty, atol=0.5)
 
 
+def test_progress_reports_the_share_of_work_an_iteration_weighing_as_its_scales_pixels(tiny_network):
+    shares = []
+    stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(40, 40)],
+                    small_settings(scales=((0.5, 4), (1.0, 2))), lambda p: shares.append(p.done) or True)
+    coarse, full = 16 * 20 * 4, 32 * 40 * 2
+    assert shares[0] == 0.0 and shares[-1] == pytest.approx(1.0)
+    assert shares[4] == pytest.approx(coarse / (coarse + full))  # the end of the half-size scale
+    assert all(b > a for a, b in zip(shares, shares[1:]))
+
+
 def test_no_float32_hand_over_where_it_would_not_fit(tiny_network, monkeypatch):
     """At 4096 px a float32 evaluation would need about twice a bfloat16 one: bfloat16 finishes."""
     exacts = []
