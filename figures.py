@@ -219,7 +219,7 @@ def render(args, network, content, style_images, tiles, grid):
                 bar.update(state.iteration, f"tile {number}/{len(todo)} {tile.name}: iteration "
                            f"{state.iteration}/{state.total_iterations}  total loss {state.total_loss:.4g}",
                            state.iteration % 100 == 0 or state.iteration == state.total_iterations,
-                           total=state.total_iterations)
+                           total=state.total_iterations, done=state.done)
                 return not stop.should_stop()
             try:
                 result = stylize(network, content, tile.styles, tile.settings, monitor)

@@ -28,9 +28,10 @@ from quiet_tf import tf
 
 def gram_matrix(features, normalize=False):
     """G = F^T F over the positions of each image ([batch, C, C], float32); divided by C*H*W if
-    `normalize`. A bfloat16 map is multiplied as it is (oneDNN sums in float32; on AVX512_BF16 that
-    is three times as fast as widening it, and makes no float32 copy of the map: 3.2 GB for relu1_1
-    at 4096 px); any other is widened to float32 first (a Gram's sums pass float16's range)."""
+    `normalize`. A bfloat16 map is multiplied as it is: accumulated in float32, each entry rounded
+    to bfloat16 (three significant digits) and returned as float32; on AVX512_BF16 three times as
+    fast as widening it, with no float32 copy of the map (3.2 GB for relu1_1 at 4096 px). Any other
+    is widened to float32 first (a Gram's sums pass float16's range)."""
     if features.dtype != tf.bfloat16:
         features = tf.cast(features, tf.float32)
     shape = tf.shape(features)

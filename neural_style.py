@@ -167,7 +167,8 @@ def load_inputs(args, max_size):
     """The content and style images at the size the preset's source used: the content's long side
     capped at `max_size`; for keras, 400 px high and the style stretched to the content's size (both
     nearest neighbour, as its load_img(target_size) did); with --writeup-exact the content as it is
-    (stylize stretches the styles to it)."""
+    (stylize stretches the styles to it). Before TensorFlow's first operation, it picks the memory
+    allocator for that output size (stylize.use_returning_allocator)."""
     import images
     from stylize import use_returning_allocator
     preset = PRESETS[args.preset]

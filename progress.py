@@ -26,6 +26,11 @@ def duration(seconds):
     return f"{hours}h{minutes:02d}m"
 
 
+# tqdm's format with its elapsed<remaining left out: its remaining assumes steps of one cost, and the
+# postfix begins with ours (Bar.update's `done`). Without a total tqdm's own format stays.
+_WITH_OUR_ETA = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{rate_fmt}{postfix}]"
+
+
 class Bar:
     """The one progress display: on a terminal a live tqdm bar with its ETA; in a log (stream not a
     terminal) the bar is off and only the kept lines appear, each ending with the time elapsed and
@@ -37,10 +42,9 @@ class Bar:
         self.stream = stream or sys.stderr
         self.total, self.n, self.done = total, initial, None
         self.live = _is_terminal(self.stream)
-        # tqdm's own ETA assumes steps of one cost; the postfix carries ours (see update's `done`).
         self._bar = tqdm(total=total, initial=initial, desc=description or None, unit=unit,
                          file=self.stream, disable=not self.live, leave=True, dynamic_ncols=True,
-                         mininterval=0.1, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{postfix}]")
+                         mininterval=0.1, bar_format=_WITH_OUR_ETA if total else None)
         self._first = None  # (clock, share done) at the first update
 
     def update(self, n, text="", keep=False, total=None, done=None):
@@ -50,11 +54,13 @@ class Bar:
         it is n / total."""
         if total is not None and total != self.total:
             self.total = self._bar.total = total
+            self._bar.bar_format = _WITH_OUR_ETA
         self.n, self.done = n, done
         if self._first is None:
             self._first = (time.perf_counter(), self._share())
         if self.live:
-            self._bar.set_postfix_str(f"{text}  {self.timing()}", refresh=False)
+            postfix = f"{self.timing()}  {text}" if self.total else text  # first: a narrow terminal cuts the end
+            self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(n - self._bar.n)
         if keep:
             self.keep(f"{text}  {self.timing()}")

@@ -345,7 +345,7 @@ def resolve_balance(settings, objective, network, start, content, styles, masks)
                       "content_layers": settings.content_layers, "style_layers": settings.style_layers,
                       "style_layer_sets": settings.style_layer_sets,
                       "blend": settings.style_blend_weights, "images": digest.hexdigest(),
-                      "format": 1}, sort_keys=True)
+                      "format": 2}, sort_keys=True)  # 2: bfloat16 Grams taken in bfloat16
     key = hashlib.sha256(key.encode()).hexdigest()
     reference = losses.UNITS[settings.loss_units].reference_balance
     cache = _balance_cache(network)
@@ -441,9 +441,10 @@ def use_returning_allocator(height, width):
 
 
 def _float32_fits(network, layers, height, width):
-    """Whether a float32 evaluation fits in the memory available: its activations and half as much
-    again (a bfloat16 evaluation at 4096x3072 with recomputation: 17.5 GB live for 13.3 GB of
-    activations). Where it does not (4096 px), reduced precision finishes by itself."""
+    """Whether a float32 evaluation fits in the host memory available (as _needs_recompute, it does
+    not look at a GPU's): its activations and half as much again (a bfloat16 evaluation at
+    4096x3072 with recomputation: 17.5 GB live for 13.3 GB of activations). Where it does not
+    (4096 px on a 24 GB machine), reduced precision finishes by itself."""
     return 1.5 * activation_bytes(network, layers, height, width, "float32") < _available_memory()
 
 

@@ -33,6 +33,9 @@ def test_gram_of_reduced_precision_maps_is_float32():
         gram = losses.gram_matrix(tf.cast(large, dtype))
         assert gram.dtype == tf.float32
         np.testing.assert_allclose(gram.numpy()[0], gram_by_hand(large), rtol=1e-2)
+    graph = tf.function(losses.gram_matrix).get_concrete_function(tf.TensorSpec((1, 3, 4, 5), tf.bfloat16)).graph
+    products = [op for op in graph.get_operations() if op.type.startswith("BatchMatMul")]
+    assert [op.inputs[0].dtype for op in products] == [tf.bfloat16]  # not widened first
     in_bfloat16 = tf.cast(F, tf.bfloat16)
     np.testing.assert_allclose(losses.gram_matrix(in_bfloat16).numpy()[0],
                                gram_by_hand(tf.cast(in_bfloat16, tf.float32).numpy()), rtol=1e-2, atol=1e-2)

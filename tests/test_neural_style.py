@@ -58,6 +58,16 @@ def test_max_size_caps_the_long_side(base, tmp_path):
     assert images.load_image(out).shape == (27, 32, 3)
 
 
+def test_the_allocator_is_chosen_for_the_output_size_before_any_resize(base, tmp_path, monkeypatch):
+    import stylize
+    calls = []
+    monkeypatch.setattr(stylize, "use_returning_allocator", lambda height, width: calls.append((height, width)))
+    resize = images.resize
+    monkeypatch.setattr(images, "resize", lambda *a: calls.append("resize") or resize(*a))
+    assert cli(*base, "--output", tmp_path / "small.png", "--max-size", 32) == 0
+    assert calls[:2] == [(27, 32), "resize"]
+
+
 @pytest.mark.parametrize("option", ["--snapshot-every", "--checkpoint-every"])  # the new name, the old
 def test_checkpoints_are_numbered_images(base, tmp_path, option):
     out = tmp_path / "out.png"
