@@ -235,7 +235,12 @@ def fitted_size(shape, long_side):
 
 def cap_long_side(image, max_size):
     """Shrink to `max_size` on the longer side if it is larger; never enlarge."""
-    return fit_long_side(image, max_size) if max(image.shape[:2]) > max_size else image
+    return resize(image, *capped_size(image.shape, max_size))
+
+
+def capped_size(shape, max_size):
+    """(height, width) of an image of `shape` after cap_long_side."""
+    return fitted_size(shape, min(max(shape[:2]), max_size))
 
 
 # YIQ, the colour space Gatys et al. (2017) use for luminance-only transfer.

@@ -181,7 +181,7 @@ def load_inputs(args, max_size):
     elif height:
         size = (height, max(1, int(cols * height / rows)))
     else:
-        size = images.fitted_size(content.shape, min(max(rows, cols), max_size))
+        size = images.capped_size(content.shape, max_size)
     use_returning_allocator(*size)  # before the resize, TensorFlow's first operation
     if args.writeup_exact:
         return content, styles

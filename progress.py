@@ -80,8 +80,9 @@ class Bar:
             return f"{duration(0)} elapsed, ETA ?"
         clock, first = self._first
         elapsed = time.perf_counter() - clock
-        share, done = self._share(), self._share() - first
-        left = elapsed / done * (1.0 - share) if done > 0 else float("nan")
+        share = self._share()
+        progressed = share - first
+        left = elapsed / progressed * (1.0 - share) if progressed > 0 else float("nan")
         return f"{duration(elapsed)} elapsed, ETA {duration(left)}"
 
     def _share(self):
