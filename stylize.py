@@ -288,10 +288,9 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
         balance = resolve_balance(calibration, lambda: Objective(
             net_for(calibration.precision, height, width), scaled_content, scaled_styles, blend, settings,
             scaled_masks), network, noise, scaled_content, scaled_styles, scaled_masks)
-        if image is None:
-            start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
-        else:
-            start = images.resize(image, height, width)
+        start = initial_image(settings, scaled_content, scaled_styles[0], network.mean_pixel, init_image)
+        if image is not None:
+            start = upsample_with_detail(image, start)
         objective = Objective(net, scaled_content, scaled_styles, blend, settings, scaled_masks, balance)
         exact = None
         if reduced and settings.optimizer == "lbfgs" and _float32_fits(network, layers, height, width):
@@ -497,6 +496,16 @@ def initial_image(settings, content, style, mean_pixel, init_image=None):
     mean = np.asarray(mean_pixel, np.float32)
     noise = rng.uniform(-20.0, 20.0, shape).astype(np.float32)
     return (mean + ratio * noise + (1.0 - ratio) * (content - mean)).astype(np.float32)
+
+
+def upsample_with_detail(coarse, start):
+    """A coarse scale's result at the size of `start` (this scale's start image), with the detail
+    of `start` finer than the coarse scale could hold added back: what the coarse scale changed is
+    carried up, and the rest stays as the run began. From the content, `fast`'s full size reached
+    its target in 15% fewer evaluations than from the upsampled result alone (docs/speed.md)."""
+    height, width = start.shape[:2]
+    blurred = images.resize(images.resize(start, *coarse.shape[:2]), height, width)
+    return images.resize(coarse, height, width) + (start - blurred)
 
 
 def writeup_exact_images(content, styles):

@@ -357,6 +357,16 @@ def test_coarse_scale_continues_from_the_upsampled_image(tiny_network):
     assert seen[-1].total_loss < 0.8 * white_noise_loss
 
 
+def test_upsampling_carries_the_coarse_change_and_keeps_the_starts_finer_detail():
+    rng = np.random.default_rng(0)
+    start = rng.uniform(50, 200, (32, 40, 3)).astype(np.float32)  # detail at every pixel
+    coarse = images.resize(start, 16, 20)
+    # The coarse scale changed nothing: the fine start comes back as it was, detail and all.
+    np.testing.assert_allclose(stylize.upsample_with_detail(coarse, start), start, atol=1e-3)
+    # What it changed (here a shift of every colour) is carried up over that detail.
+    np.testing.assert_allclose(stylize.upsample_with_detail(coarse + 10.0, start), start + 10.0, atol=1e-3)
+
+
 def test_a_coarse_scale_too_small_for_the_network_is_skipped(tiny_network):
     seen = []
     stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(40, 40)],
