@@ -251,8 +251,7 @@ def step_times(network, content, style, sizes, precisions, repeats):
 def paired_ratios(network, content, style, sizes, precisions, rounds):
     """Per size and precision: median over `rounds` of the Adam step over the plain float32 step
     and of the L-BFGS evaluation over the Adam step, the three timed one after another each round."""
-    import lbfgs
-    from stylize import Objective, _scaled_loss_and_gradient, adam_functions
+    from stylize import Objective, adam_functions, lbfgs_optimizer
     from vgg import VGG
     base = settings_for_preset("writeup")
     layers = list(base.content_layers) + list(base.style_layers)
@@ -264,7 +263,7 @@ def paired_ratios(network, content, style, sizes, precisions, rounds):
             objective = Objective(VGG(network, layers, pooling=base.pooling, dtype=precision), c,
                                   [fit(style, size)], [1.0], base)
             adam_step = adam_functions(objective, c, base)[3]
-            optimizer = lbfgs.LBFGS(_scaled_loss_and_gradient(objective), c[np.newaxis], 0.0, 255.0)
+            optimizer = lbfgs_optimizer(objective, c[np.newaxis])
             steps[precision, "adam"] = lambda step=adam_step: [t.numpy() for t in step()]
             steps[precision, "lbfgs"] = lambda optimizer=optimizer: float(optimizer.step()[0])
         for step in steps.values():  # trace and warm up

@@ -605,6 +605,18 @@ def _scaled_loss_and_gradient(objective):
     return loss_and_gradient
 
 
+LBFGS_HISTORY = 5  # lbfgs.py's correction pairs for an image (scipy's keeps its own 10, as Keras did)
+
+
+def lbfgs_optimizer(objective, x):
+    """lbfgs.py's L-BFGS over a [1, H, W, 3] image in 0..255. Five pairs, not the textbook ten: to
+    the time-to-quality target at 256 px, 5, 7, 10, 20 and 30 pairs took 226, 223, 230, 238 and 226
+    full-size evaluations, while the two-loop recursion, bound by memory, costs in proportion to them,
+    and the history holds 2 image-sized vectors a pair (3 GB at 4096x3072 with ten); docs/speed.md."""
+    import lbfgs
+    return lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0, history=LBFGS_HISTORY)
+
+
 def _lbfgs_tf(objective, start, iterations, report, exact=None):
     """lbfgs.py's L-BFGS on the device, with _lbfgs's contract: an iteration is one evaluation, the
     best image is returned, and in reduced precision `exact()` takes over in float32 once the line
@@ -612,8 +624,7 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
     image with a fresh history while that still makes progress."""
     import lbfgs
     shape = (1,) + start.shape
-    optimiser = lambda objective, x: lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0)
-    optimizer = optimiser(objective, start.reshape(shape))
+    optimizer = lbfgs_optimizer(objective, start.reshape(shape))
     iteration, status, best_at_stall = -1, "done", np.inf
     best_iteration, best_loss = 0, np.inf
     try:
@@ -621,7 +632,7 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
             loss, (terms, total), event = optimizer.step()
             if not np.isfinite(float(loss)):
                 if exact is not None:
-                    optimizer = optimiser(exact(), optimizer.best.value())
+                    optimizer = lbfgs_optimizer(exact(), optimizer.best.value())
                     exact, best_loss = None, np.inf
                     continue
                 status = "diverged"
@@ -635,7 +646,7 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
                 break
             if int(event) == lbfgs.STALLED:
                 if exact is not None:  # rounding noise: float32 goes on from the best image
-                    optimizer = optimiser(exact(), optimizer.best.value())
+                    optimizer = lbfgs_optimizer(exact(), optimizer.best.value())
                     exact, best_loss = None, np.inf
                 elif best_loss >= best_at_stall:
                     break
