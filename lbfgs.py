@@ -179,8 +179,11 @@ class LBFGS:
         keep = accepted & tf.math.is_finite(self.f) & (sy > EPSILON * tf.abs(tf.reduce_sum(self.g * s)))
 
         def store():
-            self.s[self.head].assign(s)
-            self.y[self.head].assign(y)
+            # A scatter, not self.s[head].assign: on the CPU the strided-slice assignment took 5 ms
+            # for a 512x384 image, the scatter a copy's 0.2 ms more than the arithmetic.
+            slot = self.head[tf.newaxis]
+            self.s.scatter_update(tf.IndexedSlices(s[tf.newaxis], slot))
+            self.y.scatter_update(tf.IndexedSlices(y[tf.newaxis], slot))
             self.rho[self.head].assign(1.0 / sy)
             self.head.assign((self.head + 1) % self.history)
             self.gamma.assign(sy / yy)
