@@ -41,6 +41,27 @@ def test_gram_of_reduced_precision_maps_is_float32():
                                gram_by_hand(tf.cast(in_bfloat16, tf.float32).numpy()), rtol=1e-2, atol=1e-2)
 
 
+def test_gram_gradient_is_the_products_for_any_upstream_gradient():
+    """The Gram's one-product gradient, F (dG + dG^T), against the calculus by hand for a batch of
+    two and a loss that weighs G's entries unsymmetrically (so dG is not symmetric), and in
+    bfloat16, where it stays a bfloat16 map's gradient."""
+    batch = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    weights = rng.standard_normal((5, 5)).astype(np.float32)
+    for dtype, tolerance in ((tf.float32, 1e-5), (tf.bfloat16, 3e-2)):
+        x = tf.cast(batch, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(weights * losses.gram_matrix(x) ** 2)
+        gradient = tape.gradient(loss, x)
+        assert gradient.dtype == dtype
+        flat = tf.cast(x, tf.float32).numpy().astype(np.float64).reshape(2, 12, 5)
+        grams = np.einsum("bmi,bmj->bij", flat, flat)
+        upstream = 2 * weights * grams  # d loss / d G
+        by_hand = np.einsum("bmj,bij->bmi", flat, upstream + np.swapaxes(upstream, 1, 2))
+        np.testing.assert_allclose(tf.cast(gradient, tf.float32).numpy().reshape(2, 12, 5), by_hand,
+                                   rtol=tolerance, atol=tolerance * np.abs(by_hand).max())
+
+
 def test_content_loss_is_half_the_sum_of_squares():
     expected = 0.5 * np.sum((F.astype(np.float64) - P) ** 2)
     assert float(losses.content_loss(F, P)) == pytest.approx(expected, rel=1e-5)
