@@ -269,22 +269,33 @@ class Monitor:
 
 
 def check_paths(args):
-    """The output names before the long work: free (or --overwrite), writable, and never one of
-    the inputs (--overwrite would otherwise replace the user's photo with the result)."""
+    """The output names before the long work: free (or --overwrite), writable, apart, and never one
+    of the inputs or the network (--overwrite would otherwise replace the user's photo with the
+    result, or the weights with the progress file)."""
     import images
     images.check_writable(args.output, args.overwrite)
+    record = args.output.with_suffix(".json")
+    files.check_new(record, args.overwrite, "run record")
     if args.progress_plot:
         files.check_new(plot_path(args.output), args.overwrite, "loss plot")
     if args.progress_file:
         if args.progress_file.is_dir():
             raise UserError(f"progress file {args.progress_file} is a folder; give a file name")
         files.check_new(args.progress_file, args.overwrite, "progress file")
-    inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else [])]
+        taken = {args.output: "the image", record: "the run's record"}
+        if args.progress_plot:
+            taken[plot_path(args.output)] = "the loss plot"
+        for path, what in taken.items():
+            if args.progress_file.resolve() == path.resolve():
+                raise UserError(f"--progress-file {args.progress_file} is where {what} goes; choose "
+                                f"another name, e.g. {args.output.with_suffix('.jsonl')}")
+    inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else []),
+              *([args.network] if args.network else [])]
     for output in [args.output] + ([args.progress_file] if args.progress_file else []):
         for given in inputs:
             if output.exists() and given.exists() and os.path.samefile(output, given):
-                raise UserError(f"{output} is one of the input images ({given}); the result would "
-                                f"replace it, so choose another --output name (even with --overwrite)")
+                raise UserError(f"{output} is one of the inputs ({given}); the run would replace it, "
+                                f"so choose another name (even with --overwrite)")
 
 
 def run(args):
@@ -293,10 +304,6 @@ def run(args):
     from stylize import check_inputs, stylize
     settings, max_size = settings_from(args)
     check_paths(args)
-    if args.progress_file and args.progress_file.with_suffix(".json").resolve() == \
-            args.output.with_suffix(".json").resolve() and args.progress_file.suffix == ".json":
-        raise UserError(f"--progress-file {args.progress_file} is where the run's record goes "
-                        f"({args.output.with_suffix('.json')}); choose another name, e.g. a .jsonl")
     content, styles = load_inputs(args, max_size)
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
     masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None

@@ -103,6 +103,10 @@ def full_disk_in_folder(monkeypatch, places):
     monkeypatch.setattr(files, "_temporary_beside", beside)
 
 
+def an_earlier_record(monkeypatch, places):
+    (places["tmp"] / "out.json").write_text('{"mine": 1}\n')
+
+
 def interrupt_at_load(monkeypatch, places):
     def load(path):
         raise KeyboardInterrupt
@@ -129,7 +133,11 @@ NEURAL_STYLE = [
          "--style-layer-sets", ",", "relu1_1"], 1, "the style objective is empty"),
     Row(["--style-weight", "1e39"], 1, "the loss is not finite at the starting image",
         absent=["{tmp}/out.png", "{tmp}/out.*.png"]),
-    Row(["--output", "{content}", "--overwrite"], 1, "is one of the input images", exist=["{content}"]),
+    Row(["--output", "{content}", "--overwrite"], 1, "is one of the inputs", exist=["{content}"]),
+    Row(["--progress-file", "{net}", "--overwrite"], 1, "is one of the inputs", exist=["{net}"]),
+    Row(["--progress-file", "{tmp}/out.png"], 1, "is where the image goes", absent=["{tmp}/out.png"]),
+    Row(["--progress-file", "{tmp}/out.json"], 1, "is where the run's record goes", absent=["{tmp}/out.png"]),
+    Row([], 1, "out.json already exists; pass --overwrite", fault=an_earlier_record, absent=["{tmp}/out.png"]),
     Row(["--output", "{content}/out.png"], 1, "is a file, not a folder"),
     Row(["--progress-file", "{tmp}/missing/progress.jsonl"], 0, "the run goes on without it",
         exist=["{tmp}/out.png"]),
