@@ -368,12 +368,21 @@ def _balance_path(network):
 
 
 def _balance_cache(network):
+    """The stored factors; a damaged file or entry (not a finite positive number) is measured again."""
     path = _balance_path(network)
     try:
         cache = json.loads(path.read_text()) if path and path.exists() else {}
-        return {k: float(v) for k, v in cache.items()} if isinstance(cache, dict) else {}
-    except (OSError, ValueError, TypeError):  # unreadable: measure again
+    except (OSError, ValueError):  # unreadable: measure again
         return {}
+    factors = {}
+    for key, value in (cache.items() if isinstance(cache, dict) else ()):
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(factor) and factor > 0:
+            factors[key] = factor
+    return factors
 
 
 def _save_balance_cache(network, cache):

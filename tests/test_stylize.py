@@ -1,6 +1,7 @@
 """The optimisation on a tiny network: both optimisers, progress, stopping, divergence, inits; and
 its speed levers: L-BFGS's hand-over to float32, coarse-to-fine scales, recomputation, the fast preset."""
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -692,6 +693,20 @@ def test_a_balanced_run_reports_its_factor_and_weights_beta_by_it(tiny_network, 
     p = seen[0]
     assert p.total_loss == pytest.approx(settings.content_weight * p.content_loss
                                          + result.balance * settings.style_weight * p.style_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("stored", ["NaN", "Infinity", "-1", "0", '"abc"', "null"])
+def test_a_damaged_stored_balance_factor_is_measured_again(tiny_network, tmp_path, monkeypatch, stored):
+    monkeypatch.setattr(stylize.vgg, "_cache_folder", lambda path: tmp_path)
+    settings = presets.settings_for_preset("gatys2016", balance="auto", normalize_network=False,
+                                            iterations=1, seed=0)
+    content, style = smooth_image(40, 48), stripes_image(40, 48)
+    measured = stylize.stylize(tiny_network, content, [style], settings).balance
+    cache = tmp_path / "balance.json"
+    (key,) = json.loads(cache.read_text())
+    cache.write_text('{"%s": %s}' % (key, stored))
+    assert stylize.stylize(tiny_network, content, [style], settings).balance == pytest.approx(measured)
+    assert json.loads(cache.read_text())[key] == pytest.approx(measured)
 
 
 def test_coarse_to_fine_calibrates_at_every_scale(tiny_network, tmp_path, monkeypatch):
