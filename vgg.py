@@ -265,7 +265,7 @@ def _feature_count(layers):
 # ---------------------------------------------------------------------------------------------
 # The cache of the feature layers
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the contents' digest in the metadata
 
 
 def _cache_folder(path):
@@ -301,6 +301,9 @@ def _read_cache(path, key):
             meta = json.loads(str(data["meta"]))
             if meta["key"] != key:
                 return None
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+            if meta["digest"] != _digest(meta["layers"], meta["feature_count"], arrays):
+                raise ValueError("its contents do not match their digest")
             layers = tuple(Layer(kernel=data.get(f"kernel_{i}"), bias=data.get(f"bias_{i}"),
                                  **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
                            for i, fields in enumerate(meta["layers"]))
@@ -328,8 +331,20 @@ def _write_cache(network, key):
                        "stride": list(layer.stride), "pool_size": list(layer.pool_size)})
         if layer.kernel is not None:
             arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = layer.kernel, layer.bias
-    meta = {"key": key, "layers": fields, "feature_count": network.feature_count, "sha256": network.sha256}
+    meta = {"key": key, "layers": fields, "feature_count": network.feature_count, "sha256": network.sha256,
+            "digest": _digest(fields, network.feature_count, arrays)}
     _save_npz(folder / "features.npz", meta=np.array(json.dumps(meta)), **arrays)
+
+
+def _digest(fields, feature_count, arrays):
+    """SHA-256 of a cache's layers and arrays: a file that opens but was altered or half-replaced
+    (a layer missing, a kernel of another shape, NaN weights) is rebuilt, not believed."""
+    digest = hashlib.sha256(json.dumps([fields, feature_count], sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name} {array.dtype.str} {array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _save_npz(path, **arrays):

@@ -7,6 +7,7 @@ files that must exist, files that must not). Paths in a row are written with pla
 tiny networks and images; only the signal rows start a process of their own.
 """
 import errno
+import json
 import os
 import shutil
 import signal
@@ -230,6 +231,38 @@ def damaged_features_cache(monkeypatch, places):
     cache.write_bytes(cache.read_bytes()[:1000])  # truncated
 
 
+def altered_features_cache(change):
+    """A cache that still opens, its contents changed behind the metadata's back."""
+    def fault(monkeypatch, places):
+        mat = write_tiny(places["tmp"] / "net.mat")
+        vgg.load(mat)
+        cache = places["tmp"] / "net.mat.cache" / "features.npz"
+        with np.load(cache) as data:
+            arrays = {name: data[name] for name in data.files}
+        change(arrays)
+        np.savez(cache, **arrays)
+    fault.__name__ = f"altered_features_cache_{change.__name__}"
+    return fault
+
+
+def without_a_kernel(arrays):
+    del arrays["kernel_5"]
+
+
+def a_kernel_reshaped(arrays):
+    arrays["kernel_5"] = arrays["kernel_5"][..., :1]
+
+
+def nan_weights(arrays):
+    arrays["kernel_0"] = np.full_like(arrays["kernel_0"], np.nan)
+
+
+def a_layer_missing_from_the_metadata(arrays):
+    meta = json.loads(str(arrays["meta"]))
+    meta["layers"] = meta["layers"][:-3]
+    arrays["meta"] = np.array(json.dumps(meta))
+
+
 def mismatched_channels(monkeypatch, places):
     mat = write_tiny(places["tmp"] / "net.mat")
     data = scipy.io.loadmat(str(mat))
@@ -252,6 +285,9 @@ def interrupted_download(monkeypatch, places):
 VGG = [
     Row(["layers", "{tmp}/net.mat"], 0, "is damaged", fault=damaged_features_cache,
         exist=["{tmp}/net.mat.cache/features.npz"]),
+    *[Row(["layers", "{tmp}/net.mat"], 0, "is damaged", fault=altered_features_cache(change),
+          exist=["{tmp}/net.mat.cache/features.npz"])
+      for change in (without_a_kernel, a_kernel_reshaped, nan_weights, a_layer_missing_from_the_metadata)],
     Row(["layers", "{tmp}/net.mat"], 1, "layer conv2_1 has kernels for 7 input channels",
         fault=mismatched_channels),
     Row(["layers", "{tmp}"], 1, "is a folder"),
