@@ -148,6 +148,17 @@ def describe(error):
     return error.strerror or str(error) or type(error).__name__
 
 
+def check_folder(path, what="output"):
+    """`path`'s folder exists and can be written: checked before a long run, not after it."""
+    folder = Path(path).parent
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} folder {folder} is a file, not a folder; choose another path")
+    if not folder.is_dir():
+        raise UserError(f"{what} folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{what} folder {folder} is not writable")
+
+
 def check_new(path, overwrite, what="output", option="--overwrite"):
     """The one 'already exists' check: refuse to replace `path` unless `overwrite`."""
     if Path(path).exists() and not overwrite:

@@ -4,7 +4,6 @@ Images are float32 numpy arrays [height, width, 3], RGB in 0..255. Reading accep
 (grayscale, RGBA, palette, CMYK, 16-bit) and turns it into that; writing is atomic, so an existing
 result is never half-overwritten and a crash never leaves a truncated file under the final name.
 """
-import os
 import stat
 import warnings
 from pathlib import Path
@@ -153,13 +152,7 @@ def check_writable(path, overwrite, what="output"):
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name such as {path / 'result.png'}")
     files.check_new(path, overwrite, what)
-    folder = path.parent if str(path.parent) else Path(".")
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{what} folder {folder} is a file, not a folder; choose another path")
-    if not folder.is_dir():
-        raise UserError(f"{what} folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{what} folder {folder} is not writable")
+    files.check_folder(path, what)
 
 
 def save_image(path, image, overwrite=True):
@@ -177,9 +170,16 @@ def save_result(path, image, overwrite=True, what="result"):
 
 
 def _writer(path, image):
+    """Encoded in memory, then written as bytes: imageio writing to a full disk raised once more from
+    its writer's finaliser, a traceback on stderr beside our one-line warning."""
     pixels = np.clip(np.round(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
     extension = Path(path).suffix.lower()
-    return lambda temporary: iio.imwrite(temporary, pixels, extension=extension)
+
+    def write(temporary):
+        encoded = iio.imwrite("<bytes>", pixels, extension=extension)
+        with open(temporary, "wb") as out:
+            out.write(encoded)
+    return write
 
 
 def resize(image, height, width):

@@ -193,3 +193,27 @@ def test_histogram_matching_gives_the_style_the_content_colour_statistics():
     np.testing.assert_allclose(pixels.mean(axis=0), target.mean(axis=0), atol=0.01)
     np.testing.assert_allclose(np.cov(pixels.T), np.cov(target.T), rtol=1e-3, atol=0.5)
     assert np.abs(matched - style).mean() > 5  # it did change the colours
+
+
+def test_a_write_that_runs_out_of_room_fails_once_with_no_finaliser_traceback(tmp_path):
+    """A file-size limit makes every write past 2 kB fail (EFBIG) as a full disk would: the error
+    reaches the caller as one OSError, and nothing else is printed (imageio's writer, left to its
+    finaliser, printed a second traceback)."""
+    import subprocess
+    import sys
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))!r})
+import numpy as np, images
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+noise = np.random.default_rng(0).uniform(0, 255, (64, 64, 3))
+try:
+    images.save_image({str(tmp_path / "big.png")!r}, noise)
+except OSError as error:
+    print("failed:", error.errno)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "failed: 27", done.stdout + done.stderr  # EFBIG
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir())  # no partial file left behind
