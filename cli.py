@@ -96,6 +96,21 @@ seed = _number(int, 0, 2 ** 32 - 1, words="a whole number from 0 to 4294967295 (
                "for a random start)")
 
 
+def device_list(text):
+    """--devices: 'gpu:0,gpu:1' -> ['/gpu:0', '/gpu:1'] (an argparse type): each a device type and
+    index, with or without TensorFlow's '/' and 'device:', none twice. Whether this machine has them
+    is checked once TensorFlow has started (fast_train.choose_strategy)."""
+    devices = [item.strip() for item in text.split(",")]
+    for item in devices:
+        if not re.fullmatch(r"/?(device:)?(cpu|gpu|tpu):\d+", item, re.IGNORECASE):
+            raise argparse.ArgumentTypeError(f"'{item}' is not a device such as gpu:0 or /cpu:0 "
+                                             f"(give them separated by commas)")
+    names = ["/" + re.sub(r"^/?(device:)?", "", item).lower() for item in devices]
+    if len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"must be devices named once each, not {text}")
+    return names
+
+
 def finite(value, what, low=None, low_open=False):
     """The same check for values that do not come from argparse (settings files, layer weights)."""
     bad = not math.isfinite(value) or (low is not None and (value < low or (low_open and value == low)))

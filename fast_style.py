@@ -64,7 +64,7 @@ def parse_args(argv):
     _add_schedule(train.add_argument_group("two-stage schedule (a generator that shares VGG's first "
                                            "layers; the two stages set the length)"))
     run = _add_run(train.add_argument_group("run"))
-    run.add_argument("--devices", help="comma-separated devices for MirroredStrategy, e.g. "
+    run.add_argument("--devices", type=cli.device_list, help="comma-separated devices for MirroredStrategy, e.g. "
                      "/gpu:0,/gpu:1 (default: all GPUs when there are several)")
 
     stylize = commands.add_parser("stylize", help="stylize an image, a folder of images or a video")
@@ -238,14 +238,13 @@ def run_train(args):
     settings = settings_from(args)
     network = vgg.load(settings.network)
     settings = settings.with_defaults(network)
-    devices = args.devices.split(",") if args.devices else None
     bar = progress.Bar(unit="step")
     with progress.graceful_interrupt() as stop_request:
         try:
             result = fast_train.train(settings, args.model, network, resume=args.resume,
                                        overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                                        preview_every=args.preview_every,
-                                       print_every=args.print_every, devices=devices,
+                                       print_every=args.print_every, devices=args.devices,
                                        stop=lambda: bool(stop_request), report=bar.report)
         finally:
             bar.close()

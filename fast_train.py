@@ -401,10 +401,21 @@ def choose_strategy(devices=None):
     if len(workers) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if devices:
+        present = {_short_name(device.name) for device in tf.config.list_logical_devices()}
+        missing = [_short_name(device) for device in devices if _short_name(device) not in present]
+        if missing:
+            raise UserError(f"--devices names {', '.join(missing)}, which this machine does not have (it "
+                            f"has {', '.join(sorted(present))}); name those or leave --devices out")
         return tf.distribute.MirroredStrategy(devices)
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _short_name(device):
+    """'/device:GPU:0', '/gpu:0' -> 'gpu:0'."""
+    spec = tf.DeviceSpec.from_string(device)
+    return f"{spec.device_type.lower()}:{spec.device_index}"
 
 
 def _is_chief(strategy):

@@ -186,6 +186,14 @@ sys.exit(fast_style.main(args))
     assert np.abs(one(image).numpy() - transformer.TransformNet((8, 8, 8))(image).numpy()).max() > 5
 
 
+def test_devices_this_machine_lacks_are_refused_not_ignored():
+    """Asked for a GPU it does not have, MirroredStrategy would train on the CPU without a word."""
+    from errors import UserError
+    with pytest.raises(UserError, match="--devices names gpu:3, which this machine does not have"):
+        fast_train.choose_strategy(["/gpu:3", "/cpu:0"])
+    assert fast_train.choose_strategy(["/cpu:0"]).num_replicas_in_sync == 1
+
+
 def test_a_training_with_identity_start_is_rebuilt_as_one(inputs, tiny16, tmp_path):
     """training.json records it, so that the restored network and the export start from the input
     too: after one step at a negligible learning rate they still return it."""
