@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
+import files
 import images
 import vgg
 from errors import UserError
@@ -86,10 +87,14 @@ def main(argv=None):
         return probe(args)
     if args.gpu and not tf.config.list_physical_devices("GPU"):
         raise UserError("benchmark.py --gpu: TensorFlow sees no GPU on this machine; nothing was measured")
-    if args.quick:
-        args.sizes, args.memory_sizes, args.repeats = "32,48", "48", 2
-        args.reference_iterations, args.quality_size, args.fast_size = 6, 64, 48
     sizes, memory_sizes = _ints(args.sizes, "--sizes"), _ints(args.memory_sizes, "--memory-sizes")
+    precisions = args.precisions.split(",") if args.precisions else default_precisions()
+    if not set(precisions) <= {"float32", "bfloat16", "float16"}:
+        raise UserError(f"--precisions takes float32, bfloat16 and float16, not '{args.precisions}'")
+    files.check_folder(args.json, "--json")
+    if args.quick:
+        sizes, memory_sizes, args.repeats = [32, 48], [48], 2
+        args.reference_iterations, args.quality_size, args.fast_size = 6, 64, 48
     sections = ["gpu"] if args.gpu else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [] if args.gpu else [section for section in sections if section not in SECTIONS]
     if unknown or not sections:
@@ -98,7 +103,6 @@ def main(argv=None):
     results = {"machine": machine(), "network": str(network_path)}
     network = vgg.load(network_path)
     content, style = images.load_image(args.content), images.load_image(args.style)
-    precisions = (args.precisions.split(",") if args.precisions else default_precisions())
     if "gpu" in sections:
         results["gpu"] = gpu_check(network, network_path, args.content, args.style,
                                    fast_options=QUICK_FAST if args.quick else ())
@@ -118,10 +122,11 @@ def main(argv=None):
         results["startup"] = startup(network_path, args)
     if "feedforward" in sections:
         results["feedforward"] = feedforward_speed(network, precisions, args.quick)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-    print(f"\n(written to {args.json})")
-    return 0
+    saved, failure = files.write_result(args.json, lambda temporary: Path(temporary).write_text(
+        json.dumps(results, indent=2) + "\n"), "benchmark results")
+    print(f"\n(written to {saved})")
+    return 0 if failure is None else 1
 
 
 def _ints(text, option):

@@ -102,6 +102,9 @@ def test_gpu_check_leaves_out_the_sizes_past_its_budget(tiny_network, tiny_mat, 
     (["--repeats", "nan"], "'nan' is not a whole number"),
     (["--only", "stesp"], "--only takes sections from"),
     (["--only", "gpu"], "--only takes sections from"),  # the GPU check is --gpu, which checks for one
+    (["--quick", "--sizes", "abc"], "--sizes must be long sides in pixels"),  # --quick replaces valid ones
+    (["--precisions", "float64"], "--precisions takes float32, bfloat16 and float16, not 'float64'"),
+    (["--json", "/nonexistent-folder/b.json"], "--json folder /nonexistent-folder does not exist"),
 ])
 def test_bad_arguments_are_one_line_before_any_work(argv, message, monkeypatch):
     monkeypatch.setattr(benchmark, "ensure_random_network", lambda quick: pytest.fail("started work"))
