@@ -127,11 +127,20 @@ def test_a_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     path = images.save_image(tmp_path / "out.png", np.zeros((4, 4, 3)))
     before = path.read_bytes()
 
-    def broken_write(target, *args, **kwargs):
-        with open(target, "wb") as partial:
-            partial.write(b"\x89PNG half")
-        raise OSError("disk full")
-    monkeypatch.setattr(images.iio, "imwrite", broken_write)
+    class HalfWritten:  # the temporary file gets half the image, then the disk is full
+        def __init__(self, target, mode):
+            self.file = open(target, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[:len(data) // 2])
+            raise OSError("disk full")
+    monkeypatch.setattr(images, "open", HalfWritten, raising=False)  # found before the builtin
     with pytest.raises(OSError):
         images.save_image(path, np.ones((4, 4, 3)))
     assert path.read_bytes() == before
