@@ -13,8 +13,9 @@ sufficient decrease f <= f(x) + c1 g(x)'s and curvature |g's| <= c2 |g(x)'s|, g 
 gives s'y >= (1 - c2) |g(x)'s| > 0, so an accepted pair keeps the Hessian estimate positive definite;
 a pair is stored only when s'y is above rounding (as scipy's L-BFGS-B tests it).
 
-The initial inverse Hessian estimate is gamma M, M the identity or, for an image,
-`frequency_weighting`, with gamma = s'y / y'My of the newest pair (Nocedal & Wright's scaling).
+The initial inverse Hessian estimate is gamma M, M the identity or, for an image, a weighting of
+its spatial frequencies (`frequency_weights`), with gamma = s'y / y'My of the newest pair (Nocedal &
+Wright's scaling); without history (the first step, and after a stall) the step is along -M g.
 """
 import numpy as np
 
@@ -28,45 +29,48 @@ EPSILON = 1.1920929e-07  # float32's machine epsilon: a smaller s'y is rounding,
 def loss_scale(gradient):
     """The factor both L-BFGS implementations multiply the loss by, from its first gradient.
 
-    Their first step is -gradient itself (scipy's L-BFGS-B with bounds, and lbfgs.py): where that
-    moves no pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line
+    Their first step is -gradient itself (scipy's L-BFGS-B with bounds; lbfgs.py's is -M gradient,
+    M's weights at least 1): where that moves no pixel by a grey level (the authors' means with small weights: 1e-8 a pixel) the line
     search starts far too short. Scaled, the steepest pixel moves by at least one level (the same
     minimum); a loss of ordinary scale is left as it is."""
     return tf.maximum(1.0, 1.0 / tf.maximum(tf.reduce_max(tf.abs(gradient)), 1e-30))
 
 
-def identity(q):
-    return q
-
-
-def frequency_weighting(shape, wavelength=5.0):
-    """M for an image of `shape` [1, H, W, C]: q -> q with each spatial frequency f (cycles a pixel)
-    multiplied by 1 + 1 / (wavelength |f|), |f| taken as at least the image's lowest, 1/max(H, W).
+def frequency_weights(shape, wavelength=5.0, longest=256):
+    """The spectrum of M for an image of `shape` [1, H, W, C] (see `weigh`): each spatial frequency f
+    (cycles a pixel) weighted by 1 + 1 / (wavelength |f|), |f| taken as at least 1/longest (and the
+    image's lowest, 1/max(H, W)): at most 1 + longest / wavelength.
 
     As L-BFGS's initial matrix it lets a step move waves longer than `wavelength` pixels further than
     the identity would, in proportion to their length. M is symmetric positive definite: a circulant
     (periodic) filter with a real, positive, even spectrum. To `fast`'s time-to-quality target, 5
-    pixels took about a tenth fewer full-size evaluations (193-209 against 215-231 at 256 px, 264
+    pixels took about a tenth fewer full-size evaluations (193-209 against 215-231 at 256 px, 257
     against 298 at 512 px); 2, 10, 20 and 100 pixels did no better than the identity, and the weight
-    squared no better or worse (docs/speed.md)."""
+    squared no better or worse. Uncapped, the longest waves of a 1024 px image got 206 times the step
+    and its colours washed out; capped at 256 px they stay (docs/speed.md)."""
     height, width = shape[1], shape[2]
     fy = np.minimum(np.arange(height), height - np.arange(height)) / height
     fx = np.arange(width // 2 + 1) / width
-    f = np.maximum(np.hypot(fy[:, np.newaxis], fx[np.newaxis, :]), 1.0 / max(height, width))
-    spectrum = tf.constant((1.0 + 1.0 / (wavelength * f)).astype(np.complex64))
+    f = np.maximum(np.hypot(fy[:, np.newaxis], fx[np.newaxis, :]), 1.0 / min(max(height, width), longest))
+    return tf.constant((1.0 + 1.0 / (wavelength * f)).astype(np.complex64))
 
-    def weigh(q):
-        channels_first = tf.transpose(q[0], [2, 0, 1])
-        weighted = tf.signal.irfft2d(tf.signal.rfft2d(channels_first) * spectrum, fft_length=[height, width])
-        return tf.transpose(weighted, [1, 2, 0])[tf.newaxis]
-    return weigh
+
+def weigh(q, weights):
+    """M q for an image q [1, H, W, C] and M's spectrum `weights` (None: the identity). A tensor, not
+    a closure, so that a compiled function that takes it is traced once per shape."""
+    if weights is None:
+        return q
+    height, width = q.shape[1], q.shape[2]
+    channels_first = tf.transpose(q[0], [2, 0, 1])
+    weighted = tf.signal.irfft2d(tf.signal.rfft2d(channels_first) * weights, fft_length=[height, width])
+    return tf.transpose(weighted, [1, 2, 0])[tf.newaxis]
 
 
 @tf.function(jit_compile=True)
-def _two_loop(s, y, rho, scale, head, q, initial_matrix):
+def _two_loop(s, y, rho, scale, head, q, weights):
     """H q for the L-BFGS inverse Hessian estimate of the pairs (s[i], y[i], rho[i]), newest at
-    head - 1, its initial matrix `scale` times `initial_matrix`, by the two-loop recursion. XLA
-    fuses its image-sized operations and reads the pairs in place."""
+    head - 1, its initial matrix `scale` times M (`weigh` with `weights`), by the two-loop recursion.
+    XLA fuses its image-sized operations and reads the pairs in place."""
     history = s.shape[0]
     newest = [(head - 1 - i) % history for i in range(history)]
     alphas = []
@@ -74,7 +78,7 @@ def _two_loop(s, y, rho, scale, head, q, initial_matrix):
         a = tf.gather(rho, i) * tf.reduce_sum(tf.gather(s, i) * q)
         q = q - a * tf.gather(y, i)
         alphas.append(a)
-    q = initial_matrix(q) * scale
+    q = weigh(q, weights) * scale
     for i, a in zip(reversed(newest), reversed(alphas)):
         b = tf.gather(rho, i) * tf.reduce_sum(tf.gather(y, i) * q)
         q = q + (a - b) * tf.gather(s, i)
@@ -107,10 +111,9 @@ class LBFGS:
     point with the lowest finite loss evaluated so far.
     """
 
-    def __init__(self, loss_and_gradient, start, lower, upper, history=10, c1=1e-3, c2=0.9,
-                 initial_matrix=identity):
+    def __init__(self, loss_and_gradient, start, lower, upper, history=10, c1=1e-3, c2=0.9, weights=None):
         start = tf.convert_to_tensor(start, tf.float32)
-        self.initial_matrix = initial_matrix  # M, symmetric positive definite: x -> M x
+        self.weights = weights  # the spectrum of the initial matrix M (an image's); None: the identity
         self.shape, self.lower, self.upper, self.c1, self.c2 = start.shape, lower, upper, c1, c2
         self.evaluate = loss_and_gradient
         x = tf.clip_by_value(start, lower, upper)
@@ -220,7 +223,7 @@ class LBFGS:
             self.y.scatter_update(tf.IndexedSlices(y[tf.newaxis], slot))
             self.rho[self.head].assign(1.0 / sy)
             self.head.assign((self.head + 1) % self.history)
-            self.gamma.assign(sy / tf.reduce_sum(y * self.initial_matrix(y)))
+            self.gamma.assign(sy / tf.reduce_sum(y * weigh(y, self.weights)))
             return 0
         tf.cond(keep, store, lambda: 0)
         self.rho.assign(tf.where(accepted, self.rho, tf.zeros_like(self.rho)))
@@ -238,13 +241,15 @@ class LBFGS:
         free_g = self.g * free
         has_history = tf.reduce_any(self.rho != 0)
         q = _two_loop(self.s, self.y, self.rho, tf.where(has_history, self.gamma, 1.0), self.head, free_g,
-                      self.initial_matrix)
+                      self.weights)
         d = -q * free
         descent = tf.reduce_sum(d * free_g) < 0
-        d = tf.cond(descent, lambda: d, lambda: -free_g)  # not a descent direction: forget the history
+        # Not a descent direction: forget the history and step along -M g (M positive definite).
+        d = tf.cond(descent, lambda: d, lambda: -weigh(free_g, self.weights) * free)
         self.rho.assign(tf.where(descent, self.rho, tf.zeros_like(self.rho)))
-        # The first trial: the full quasi-Newton step; without history, -gradient (scipy's first
-        # step; see loss_scale) or, after a stall, the last known curvature's scale.
+        # The first trial: the full quasi-Newton step; without history, -M gradient (scipy's first
+        # step, -gradient, where M is the identity; see loss_scale) or, after a stall, the last known
+        # curvature's scale.
         self.alpha.assign(tf.where(descent & has_history, 1.0, tf.where(self.gamma > 0, self.gamma, 1.0)))
         self.d.assign(d)
         leaving = ((self.x <= self.lower) & (d < 0)) | ((self.x >= self.upper) & (d > 0))

@@ -162,27 +162,38 @@ def test_every_accepted_step_stores_its_correction_pair():
 
 # ---- the image's initial matrix: symmetric positive definite, the weights it promises ---------
 
-def test_frequency_weighting_scales_each_wave_by_its_promised_weight_and_is_symmetric():
-    shape = (1, 12, 16, 3)
-    weigh = lbfgs.frequency_weighting(shape, wavelength=5.0)
+def test_frequency_weights_scale_each_wave_by_its_promised_weight():
+    weights = lbfgs.frequency_weights((1, 12, 16, 3), wavelength=5.0)
     rows, columns = np.meshgrid(np.arange(12), np.arange(16), indexing="ij")
     for cycles_y, cycles_x in ((0, 0), (0, 1), (3, 2), (6, 8)):
         wave = np.cos(2 * np.pi * (cycles_y * rows / 12 + cycles_x * columns / 16))
         image = np.repeat(wave[np.newaxis, :, :, np.newaxis], 3, axis=3).astype(np.float32)
         f = max(np.hypot(cycles_y / 12, cycles_x / 16), 1 / 16)  # the mean weighed as the longest wave
-        np.testing.assert_allclose(weigh(tf.constant(image)).numpy(), (1 + 1 / (5.0 * f)) * image, atol=1e-4)
-    u, v = (RNG.normal(size=shape).astype(np.float32) for _ in range(2))
-    mu, mv = weigh(tf.constant(u)).numpy(), weigh(tf.constant(v)).numpy()
-    assert np.sum(mu * v) == pytest.approx(np.sum(u * mv), rel=1e-5)
-    assert np.sum(mu * u) > np.sum(u * u)  # every weight is above 1
+        np.testing.assert_allclose(lbfgs.weigh(tf.constant(image), weights).numpy(), (1 + 1 / (5.0 * f)) * image,
+                                   atol=1e-4)
+    # Waves longer than 256 pixels are weighted as 256 pixels long.
+    assert np.abs(lbfgs.frequency_weights((1, 600, 800, 3)).numpy()).max() == pytest.approx(1 + 256 / 5)
+
+
+def dense_weighting(shape, weights):
+    n = int(np.prod(shape))
+    return np.stack([lbfgs.weigh(tf.constant(e.reshape(shape)), weights).numpy().ravel()
+                     for e in np.eye(n, dtype=np.float32)])
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 16, 3), (1, 5, 7, 3)])  # odd sizes: no Nyquist column
+def test_the_weighting_is_symmetric_and_positive_definite(shape):
+    dense = dense_weighting(shape, lbfgs.frequency_weights(shape, wavelength=2.0))
+    np.testing.assert_allclose(dense, dense.T, atol=1e-5)
+    assert np.linalg.eigvalsh((dense + dense.T) / 2).min() > 1 - 1e-4  # every weight is at least 1
 
 
 def test_the_two_loop_recursion_applies_the_bfgs_inverse_hessian_built_on_the_initial_matrix():
     """Against the dense BFGS update H <- (I - rho s y') H (I - rho y s') + rho s s' from gamma M."""
     shape = (1, 4, 6, 3)
     n = int(np.prod(shape))
-    weigh = lbfgs.frequency_weighting(shape, wavelength=2.0)
-    dense_m = np.stack([weigh(tf.constant(e.reshape(shape))).numpy().ravel() for e in np.eye(n, dtype=np.float32)])
+    weights = lbfgs.frequency_weights(shape, wavelength=2.0)
+    dense_m = dense_weighting(shape, weights)
     rng = np.random.default_rng(3)
     s = rng.normal(size=(3, n)).astype(np.float32)
     y = (s @ np.diag(rng.uniform(0.5, 2.0, n)) + 0.1 * rng.normal(size=(3, n))).astype(np.float32)
@@ -194,17 +205,17 @@ def test_the_two_loop_recursion_applies_the_bfgs_inverse_hessian_built_on_the_in
         h = left @ h @ left.T + rho[i] * np.outer(s[i], s[i])
     q = rng.normal(size=n).astype(np.float32)
     history = 5  # two empty slots (rho 0), the newest pair at head - 1
-    pairs = lambda v: tf.constant(np.concatenate([v, np.zeros((2, n), np.float32)]).reshape((history,) + shape[1:]))
+    pairs = lambda v: tf.constant(np.concatenate([v, np.zeros((2, n), np.float32)]).reshape((history,) + shape))
     got = lbfgs._two_loop(pairs(s), pairs(y), tf.constant(np.concatenate([rho, [0, 0]]), tf.float32),
-                          tf.constant(gamma, tf.float32), tf.constant(3), tf.constant(q.reshape(shape[1:])),
-                          lambda v: weigh(v[tf.newaxis])[0])
+                          tf.constant(gamma, tf.float32), tf.constant(3), tf.constant(q.reshape(shape)), weights)
     np.testing.assert_allclose(got.numpy().ravel(), h @ q, rtol=2e-3, atol=2e-3 * np.abs(h @ q).max())
 
 
 def test_with_the_image_weighting_it_reaches_the_same_bounded_minimum():
     shape = (1, 6, 8, 3)
-    scales = tf.constant(RNG.uniform(0.5, 20.0, shape), tf.float32)
-    centre = tf.constant(RNG.uniform(-40.0, 295.0, shape), tf.float32)
+    rng = np.random.default_rng(4)
+    scales = tf.constant(rng.uniform(0.5, 20.0, shape), tf.float32)
+    centre = tf.constant(rng.uniform(-40.0, 295.0, shape), tf.float32)
 
     def bowl(x):
         with tf.GradientTape() as tape:
@@ -212,9 +223,15 @@ def test_with_the_image_weighting_it_reaches_the_same_bounded_minimum():
             f = tf.reduce_sum(scales * tf.square(x - centre))
         return f, tape.gradient(f, x), tf.zeros(3)
     optimizer = lbfgs.LBFGS(bowl, np.full(shape, 128.0, np.float32), 0.0, 255.0,
-                            initial_matrix=lbfgs.frequency_weighting(shape))
+                            weights=lbfgs.frequency_weights(shape))
     for _ in range(300):
         optimizer.step()
         assert optimizer.trial.numpy().min() >= 0.0 and optimizer.trial.numpy().max() <= 255.0
     # float32 losses of about 1e6 (the clipped pixels' part) cannot see a pixel's error below ~0.1
     np.testing.assert_allclose(optimizer.best.numpy(), np.clip(centre.numpy(), 0, 255), atol=0.1)
+    # Another optimiser of the same shape reuses the compiled recursion (the weights are a tensor).
+    traced = lbfgs._two_loop.experimental_get_tracing_count()
+    again = lbfgs.LBFGS(bowl, np.full(shape, 100.0, np.float32), 0.0, 255.0, weights=lbfgs.frequency_weights(shape))
+    for _ in range(3):
+        again.step()
+    assert lbfgs._two_loop.experimental_get_tracing_count() == traced
