@@ -291,7 +291,9 @@ def check_paths(args):
                                 f"another name, e.g. {args.output.with_suffix('.jsonl')}")
     inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else []),
               *([args.network] if args.network else [])]
-    for output in [args.output] + ([args.progress_file] if args.progress_file else []):
+    outputs = [args.output, record] + ([plot_path(args.output)] if args.progress_plot else []) + \
+        ([args.progress_file] if args.progress_file else [])
+    for output in outputs:
         for given in inputs:
             if output.exists() and given.exists() and os.path.samefile(output, given):
                 raise UserError(f"{output} is one of the inputs ({given}); the run would replace it, "

@@ -104,6 +104,10 @@ def full_disk_in_folder(monkeypatch, places):
     monkeypatch.setattr(files, "_temporary_beside", beside)
 
 
+def a_photo_named_like_a_loss_plot(monkeypatch, places):
+    shutil.copy(places["content"], places["tmp"] / "a.losses.png")
+
+
 def an_earlier_record(monkeypatch, places):
     (places["tmp"] / "out.json").write_text('{"mine": 1}\n')
 
@@ -139,6 +143,8 @@ NEURAL_STYLE = [
     Row(["--progress-file", "{tmp}/out.png"], 1, "is where the image goes", absent=["{tmp}/out.png"]),
     Row(["--progress-file", "{tmp}/out.json"], 1, "is where the run's record goes", absent=["{tmp}/out.png"]),
     Row([], 1, "out.json already exists; pass --overwrite", fault=an_earlier_record, absent=["{tmp}/out.png"]),
+    Row(["--content", "{tmp}/a.losses.png", "--output", "{tmp}/a.png", "--progress-plot", "--overwrite"], 1,
+        "is one of the inputs", fault=a_photo_named_like_a_loss_plot, absent=["{tmp}/a.png"]),
     Row(["--output", "{content}/out.png"], 1, "is a file, not a folder"),
     Row(["--progress-file", "{tmp}/missing/progress.jsonl"], 0, "the run goes on without it",
         exist=["{tmp}/out.png"]),
