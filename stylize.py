@@ -378,7 +378,7 @@ def _balance_cache(network):
     for key, value in (cache.items() if isinstance(cache, dict) else ()):
         try:
             factor = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
             continue
         if np.isfinite(factor) and factor > 0:
             factors[key] = factor

@@ -304,10 +304,10 @@ def _read_cache(path, key):
             arrays = {name: data[name] for name in data.files if name != "meta"}
             if meta["digest"] != _digest(meta["layers"], meta["feature_count"], arrays):
                 raise ValueError("its contents do not match their digest")
-            layers = tuple(Layer(kernel=data.get(f"kernel_{i}"), bias=data.get(f"bias_{i}"),
-                                 **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-                           for i, fields in enumerate(meta["layers"]))
-            return Network(str(path), layers, data["mean"], meta["feature_count"], meta["sha256"])
+        layers = tuple(Layer(kernel=arrays.get(f"kernel_{i}"), bias=arrays.get(f"bias_{i}"),
+                             **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+                       for i, fields in enumerate(meta["layers"]))
+        return Network(str(path), layers, arrays["mean"], meta["feature_count"], meta["sha256"])
     except Exception as error:  # truncated or damaged (zipfile, pickle, JSON, shapes): parse again
         _damaged_cache(folder / "features.npz", error)
         return None
