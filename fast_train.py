@@ -402,7 +402,7 @@ def choose_strategy(devices=None):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if devices:
         present = {_short_name(device.name) for device in tf.config.list_logical_devices()}
-        missing = [_short_name(device) for device in devices if _short_name(device) not in present]
+        missing = [name for name in map(_short_name, devices) if name not in present]
         if missing:
             raise UserError(f"--devices names {', '.join(missing)}, which this machine does not have (it "
                             f"has {', '.join(sorted(present))}); name those or leave --devices out")

@@ -276,24 +276,22 @@ def check_paths(args):
     images.check_writable(args.output, args.overwrite)
     record = args.output.with_suffix(".json")
     files.check_new(record, args.overwrite, "run record")
+    written = {args.output: "the image", record: "the run's record"}
     if args.progress_plot:
         files.check_new(plot_path(args.output), args.overwrite, "loss plot")
+        written[plot_path(args.output)] = "the loss plot"
     if args.progress_file:
         if args.progress_file.is_dir():
             raise UserError(f"progress file {args.progress_file} is a folder; give a file name")
         files.check_new(args.progress_file, args.overwrite, "progress file")
-        taken = {args.output: "the image", record: "the run's record"}
-        if args.progress_plot:
-            taken[plot_path(args.output)] = "the loss plot"
-        for path, what in taken.items():
+        for path, what in written.items():
             if args.progress_file.resolve() == path.resolve():
                 raise UserError(f"--progress-file {args.progress_file} is where {what} goes; choose "
                                 f"another name, e.g. {args.output.with_suffix('.jsonl')}")
+        written[args.progress_file] = "the progress file"
     inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else []),
               *([args.network] if args.network else [])]
-    outputs = [args.output, record] + ([plot_path(args.output)] if args.progress_plot else []) + \
-        ([args.progress_file] if args.progress_file else [])
-    for output in outputs:
+    for output in written:
         for given in inputs:
             if output.exists() and given.exists() and os.path.samefile(output, given):
                 raise UserError(f"{output} is one of the inputs ({given}); the run would replace it, "
