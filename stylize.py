@@ -615,6 +615,7 @@ def _scaled_loss_and_gradient(objective):
 
 
 LBFGS_HISTORY = 5  # lbfgs.py's correction pairs for an image (scipy's keeps its own 10, as Keras did)
+LBFGS_SCALING = 0.5  # the power of lbfgs.py's per-value scaling of its initial matrix (LBFGS.rescale)
 
 
 def lbfgs_optimizer(objective, x):
@@ -622,10 +623,11 @@ def lbfgs_optimizer(objective, x):
     the time-to-quality target at 256 px, 5, 7, 10, 20 and 30 pairs took 226, 223, 230, 238 and 226
     full-size evaluations, while the two-loop recursion, bound by memory, costs in proportion to them,
     and the history holds 2 image-sized vectors a pair (3 GB at 4096x3072 with ten); docs/speed.md.
-    The initial matrix weighs the image's long waves up (lbfgs.frequency_weights)."""
+    The initial matrix weighs the image's long waves up (lbfgs.frequency_weights) and its values
+    with small gradients (LBFGS.rescale)."""
     import lbfgs
     return lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0, history=LBFGS_HISTORY,
-                       weights=lbfgs.frequency_weights(x.shape))
+                       weights=lbfgs.frequency_weights(x.shape), scaling=LBFGS_SCALING)
 
 
 def _lbfgs_tf(objective, start, iterations, report, exact=None):

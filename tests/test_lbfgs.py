@@ -108,12 +108,18 @@ def test_reaches_scipys_objective_on_an_ill_conditioned_quadratic_in_comparable_
     assert all(t.min() >= 0 and t.max() <= 255 for t in trials)
 
 
-def test_reaches_scipys_objective_on_a_tiny_network_in_comparable_evaluations(tiny_network):
+# Without the per-value scaling lbfgs.py is scipy's algorithm and matches its pace; with it (the
+# default, which takes a tenth to a fifth fewer evaluations on the real network) this random network's
+# loss is a tenth higher after 90 evaluations and a sixth lower after 135.
+@pytest.mark.parametrize("scaling, allowance", [(0.0, 1.5), (stylize.LBFGS_SCALING, 2.0)])
+def test_reaches_scipys_objective_on_a_tiny_network_in_comparable_evaluations(tiny_network, monkeypatch,
+                                                                            scaling, allowance):
+    monkeypatch.setattr(stylize, "LBFGS_SCALING", scaling)
     base = stylize.Settings(content_layers={"relu4_2": 1.0}, style_layers={"relu1_1": 0.5, "relu3_1": 0.5},
                             content_weight=1.0, style_weight=1e3, seed=0, optimizer="lbfgs")
     content, style = smooth_image(32, 40), stripes_image(36, 36)
     runs = {}
-    for impl, iterations in (("scipy", 60), ("tf", 90)):
+    for impl, iterations in (("scipy", 60), ("tf", int(60 * allowance))):
         seen = []
         result = stylize.stylize(tiny_network, content, [style],
                                  dataclasses.replace(base, lbfgs_impl=impl, iterations=iterations),
@@ -122,7 +128,7 @@ def test_reaches_scipys_objective_on_a_tiny_network_in_comparable_evaluations(ti
         assert result.image.min() >= 0 and result.image.max() <= 255
     target = runs["scipy"][-1]
     assert target < 0.05 * runs["scipy"][0]
-    assert evaluations_to(runs["tf"], target) <= 1.5 * evaluations_to(runs["scipy"], target)
+    assert evaluations_to(runs["tf"], target) <= allowance * evaluations_to(runs["scipy"], target)
 
 
 def test_the_loss_scale_makes_the_first_step_move_the_steepest_pixel_one_level():
@@ -175,25 +181,36 @@ def test_frequency_weights_scale_each_wave_by_its_promised_weight():
     assert np.abs(lbfgs.frequency_weights((1, 600, 800, 3)).numpy()).max() == pytest.approx(1 + 256 / 5)
 
 
-def dense_weighting(shape, weights):
+def dense_weighting(shape, weights, root=None):
     n = int(np.prod(shape))
-    return np.stack([lbfgs.weigh(tf.constant(e.reshape(shape)), weights).numpy().ravel()
+    return np.stack([lbfgs.weigh(tf.constant(e.reshape(shape)), weights, root).numpy().ravel()
                      for e in np.eye(n, dtype=np.float32)])
 
 
+def a_root(shape, seed=5):
+    """A diagonal R >= 1 as LBFGS.rescale makes them."""
+    return tf.constant(np.random.default_rng(seed).uniform(1.0, 3.0, shape), tf.float32)
+
+
 @pytest.mark.parametrize("shape", [(1, 12, 16, 3), (1, 5, 7, 3)])  # odd sizes: no Nyquist column
-def test_the_weighting_is_symmetric_and_positive_definite(shape):
-    dense = dense_weighting(shape, lbfgs.frequency_weights(shape, wavelength=2.0))
-    np.testing.assert_allclose(dense, dense.T, atol=1e-5)
-    assert np.linalg.eigvalsh((dense + dense.T) / 2).min() > 1 - 1e-4  # every weight is at least 1
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_weighting_is_symmetric_and_at_least_the_identity(shape, scaled):
+    root = a_root(shape) if scaled else None
+    dense = dense_weighting(shape, lbfgs.frequency_weights(shape, wavelength=2.0), root)
+    np.testing.assert_allclose(dense, dense.T, rtol=1e-5, atol=1e-4)
+    assert np.linalg.eigvalsh((dense + dense.T) / 2).min() > 1 - 1e-4  # M >= I
+    if scaled:  # R F R: the frequency weighting between the two diagonals
+        frequency = dense_weighting(shape, lbfgs.frequency_weights(shape, wavelength=2.0))
+        r = root.numpy().ravel()
+        np.testing.assert_allclose(dense, r[:, np.newaxis] * frequency * r[np.newaxis, :], rtol=1e-4, atol=1e-4)
 
 
 def test_the_two_loop_recursion_applies_the_bfgs_inverse_hessian_built_on_the_initial_matrix():
     """Against the dense BFGS update H <- (I - rho s y') H (I - rho y s') + rho s s' from gamma M."""
     shape = (1, 4, 6, 3)
     n = int(np.prod(shape))
-    weights = lbfgs.frequency_weights(shape, wavelength=2.0)
-    dense_m = dense_weighting(shape, weights)
+    weights, root = lbfgs.frequency_weights(shape, wavelength=2.0), a_root(shape)
+    dense_m = dense_weighting(shape, weights, root)
     rng = np.random.default_rng(3)
     s = rng.normal(size=(3, n)).astype(np.float32)
     y = (s @ np.diag(rng.uniform(0.5, 2.0, n)) + 0.1 * rng.normal(size=(3, n))).astype(np.float32)
@@ -207,11 +224,13 @@ def test_the_two_loop_recursion_applies_the_bfgs_inverse_hessian_built_on_the_in
     history = 5  # two empty slots (rho 0), the newest pair at head - 1
     pairs = lambda v: tf.constant(np.concatenate([v, np.zeros((2, n), np.float32)]).reshape((history,) + shape))
     got = lbfgs._two_loop(pairs(s), pairs(y), tf.constant(np.concatenate([rho, [0, 0]]), tf.float32),
-                          tf.constant(gamma, tf.float32), tf.constant(3), tf.constant(q.reshape(shape)), weights)
+                          tf.constant(gamma, tf.float32), tf.constant(3), tf.constant(q.reshape(shape)), weights,
+                          root)
     np.testing.assert_allclose(got.numpy().ravel(), h @ q, rtol=2e-3, atol=2e-3 * np.abs(h @ q).max())
 
 
-def test_with_the_image_weighting_it_reaches_the_same_bounded_minimum():
+@pytest.mark.parametrize("scaling", [0.0, 0.5])
+def test_with_the_image_weighting_it_reaches_the_same_bounded_minimum(scaling):
     shape = (1, 6, 8, 3)
     rng = np.random.default_rng(4)
     scales = tf.constant(rng.uniform(0.5, 20.0, shape), tf.float32)
@@ -223,7 +242,7 @@ def test_with_the_image_weighting_it_reaches_the_same_bounded_minimum():
             f = tf.reduce_sum(scales * tf.square(x - centre))
         return f, tape.gradient(f, x), tf.zeros(3)
     optimizer = lbfgs.LBFGS(bowl, np.full(shape, 128.0, np.float32), 0.0, 255.0,
-                            weights=lbfgs.frequency_weights(shape))
+                            weights=lbfgs.frequency_weights(shape), scaling=scaling)
     for _ in range(300):
         optimizer.step()
         assert optimizer.trial.numpy().min() >= 0.0 and optimizer.trial.numpy().max() <= 255.0
@@ -231,7 +250,23 @@ def test_with_the_image_weighting_it_reaches_the_same_bounded_minimum():
     np.testing.assert_allclose(optimizer.best.numpy(), np.clip(centre.numpy(), 0, 255), atol=0.1)
     # Another optimiser of the same shape reuses the compiled recursion (the weights are a tensor).
     traced = lbfgs._two_loop.experimental_get_tracing_count()
-    again = lbfgs.LBFGS(bowl, np.full(shape, 100.0, np.float32), 0.0, 255.0, weights=lbfgs.frequency_weights(shape))
+    again = lbfgs.LBFGS(bowl, np.full(shape, 100.0, np.float32), 0.0, 255.0, weights=lbfgs.frequency_weights(shape),
+                        scaling=scaling)
     for _ in range(3):
         again.step()
     assert lbfgs._two_loop.experimental_get_tracing_count() == traced
+
+
+def test_the_diagonal_follows_the_running_mean_square_of_the_accepted_gradients():
+    """R^2 = ((max v + e) / (v + e))^(scaling / 2), v the gradients' squares averaged with `decay`."""
+    optimizer = lbfgs.LBFGS(quadratic, np.full(50, 5.0, np.float32), 0.0, 10.0, scaling=0.5, decay=0.9)
+    v, accepted = None, 0
+    for _ in range(12):
+        _, _, event = optimizer.step()
+        if int(event) == lbfgs.ACCEPTED:  # optimizer.g: the accepted point's gradient
+            square = optimizer.g.numpy() ** 2
+            v, accepted = (square if v is None else 0.9 * v + 0.1 * square), accepted + 1
+    assert accepted >= 3
+    floor = 1e-3 * v.mean()
+    np.testing.assert_allclose(optimizer.root.numpy(), ((v.max() + floor) / (v + floor)) ** 0.125, rtol=1e-4)
+    assert optimizer.root.numpy().min() == pytest.approx(1.0)  # the steepest value keeps F's step
