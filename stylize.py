@@ -615,7 +615,7 @@ def _scaled_loss_and_gradient(objective):
 
 
 LBFGS_HISTORY = 5  # lbfgs.py's correction pairs for an image (scipy's keeps its own 10, as Keras did)
-LBFGS_SCALING = 0.5  # the power of lbfgs.py's per-value scaling of its initial matrix (LBFGS.rescale)
+LBFGS_SCALING = 0.5  # lbfgs.py's per-value diagonal: R^2 from the mean square gradient v as v^(-1/4) (LBFGS.rescale)
 
 
 def lbfgs_optimizer(objective, x):
