@@ -284,6 +284,7 @@ def check_paths(args):
         if args.progress_file.is_dir():
             raise UserError(f"progress file {args.progress_file} is a folder; give a file name")
         files.check_new(args.progress_file, args.overwrite, "progress file")
+        files.check_folder(args.progress_file, "progress file")
         for path, what in written.items():
             if args.progress_file.resolve() == path.resolve():
                 raise UserError(f"--progress-file {args.progress_file} is where {what} goes; choose "
@@ -322,10 +323,14 @@ def run(args):
                             "check the loss weights and --learning-rate (a weight that is too large "
                             "overflows float32) or try --precision float32")
         saved, failure = images.save_result(args.output, result.image, overwrite=args.overwrite)
-    if failure is None:
-        write_record(args, settings, network, result, saved)
     if failure is None and saved != args.output:
         print(f"{args.output} appeared during the run, so the result went to {saved}", file=sys.stderr)
+    try:  # beside the image, wherever it went: a fallback image keeps its settings too
+        write_record(args, settings, network, result, saved)
+    except OSError as error:
+        failure = failure or files.describe(error)
+        print(f"warning: the image is saved as {saved}, but its run record {Path(saved).with_suffix('.json')} "
+              f"could not be written ({files.describe(error)})", file=sys.stderr)
     if result.status == "diverged":
         print(f"error: the loss stopped being finite after iteration {result.iterations}; the last "
               f"finite image is saved as {saved}. Lower --learning-rate or the loss weights.",
@@ -336,7 +341,7 @@ def run(args):
               file=sys.stderr)
         return 130
     if failure is not None:
-        return 1  # the warning named where the finished image went
+        return 1  # a warning named where the finished image went
     print(f"saved {saved}")
     return 0
 

@@ -6,6 +6,7 @@ files that must exist, files that must not). Paths in a row are written with pla
 `expand` fills in: {content}, {style}, {net}, {tmp} (the test's folder). Rows run in-process on
 tiny networks and images; only the signal rows start a process of their own.
 """
+import builtins
 import errno
 import json
 import os
@@ -91,6 +92,13 @@ def full_disk_at_output(monkeypatch, places):
     monkeypatch.setattr(files.os, "link", failing(os.link))
 
 
+def full_disk_for_the_record(monkeypatch, places):
+    """The image is written; the disk fills up before its run record."""
+    def full(path, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(files, "write_json", full)
+
+
 def full_disk_in_folder(monkeypatch, places):
     """Nothing at all can be written in the test's folder: the fallback goes to the temporary folder."""
     real = files._temporary_beside
@@ -110,6 +118,15 @@ def a_photo_named_like_a_loss_plot(monkeypatch, places):
 
 def an_earlier_record(monkeypatch, places):
     (places["tmp"] / "out.json").write_text('{"mine": 1}\n')
+
+
+def unopenable_progress_file(monkeypatch, places):
+    """The progress file's folder passes the check at the start, then the file cannot be opened."""
+    def refuse(path, *args, **kwargs):
+        if Path(path).name == "progress.jsonl":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+    monkeypatch.setattr(neural_style, "open", refuse, raising=False)
 
 
 def interrupt_at_load(monkeypatch, places):
@@ -146,13 +163,19 @@ NEURAL_STYLE = [
     Row(["--content", "{tmp}/a.losses.png", "--output", "{tmp}/a.png", "--progress-plot", "--overwrite"], 1,
         "is one of the inputs", fault=a_photo_named_like_a_loss_plot, absent=["{tmp}/a.png"]),
     Row(["--output", "{content}/out.png"], 1, "is a file, not a folder"),
-    Row(["--progress-file", "{tmp}/missing/progress.jsonl"], 0, "the run goes on without it",
-        exist=["{tmp}/out.png"]),
+    Row(["--progress-file", "{tmp}/missing/progress.jsonl"], 1, "progress file folder",
+        absent=["{tmp}/out.png"]),
+    Row(["--progress-file", "{tmp}/progress.jsonl"], 0, "the run goes on without it", fault=unopenable_progress_file,
+        exist=["{tmp}/out.png", "{tmp}/out.json"], absent=["{tmp}/progress.jsonl"]),
     Row(["--progress-file", "{tmp}"], 1, "is a folder"),
     Row([], 1, "it is saved as", fault=full_disk_at_output,
-        exist=[f"{{tmp}}/out.unsaved-{os.getpid()}.png"], absent=["{tmp}/out.png", "{tmp}/.out.png.*"]),
+        exist=[f"{{tmp}}/out.unsaved-{os.getpid()}.png", f"{{tmp}}/out.unsaved-{os.getpid()}.json"],
+        absent=["{tmp}/out.png", "{tmp}/.out.png.*"]),
     Row([], 1, "system-tmp", fault=full_disk_in_folder,
-        exist=[f"{{tmp}}/system-tmp/out.unsaved-{os.getpid()}.png"], absent=["{tmp}/out.png"]),
+        exist=[f"{{tmp}}/system-tmp/out.unsaved-{os.getpid()}.png", f"{{tmp}}/system-tmp/out.unsaved-{os.getpid()}.json"],
+        absent=["{tmp}/out.png"]),
+    Row([], 1, "could not be written (No space left on device)",
+        fault=full_disk_for_the_record, exist=["{tmp}/out.png"], absent=["{tmp}/out.json"]),
     Row([], 130, "interrupted", fault=interrupt_at_load, absent=["{tmp}/out.png"]),
 ]
 
@@ -447,7 +470,7 @@ FAST_STYLE = [
     Row(["train", "--model", "{tmp}/m", "--style", "{style}", "--data", "{tmp}", "--tv-weight", "-1"],
         status=1, message="--tv-weight must be 0 or a positive number"),
     Row(["train", "--model", "{tmp}/m", "--style", "{style}", "--data", "{tmp}", "--devices", "xyz"],
-        status=1, message="'xyz' is not a device such as gpu:0", absent=["{tmp}/m"]),
+        status=1, message="'xyz' is not a device name such as gpu:0", absent=["{tmp}/m"]),
     Row(["train", "--model", "{tmp}/m", "--style", "{style}", "--data", "{tmp}", "--devices", "cpu:0,/CPU:0"],
         status=1, message="--devices must be devices named once each", absent=["{tmp}/m"]),
     Row(["train", "--model", "{tmp}/m", "--style", "{style}", "--data", "{tmp}", "--devices", ","],
