@@ -96,16 +96,22 @@ seed = _number(int, 0, 2 ** 32 - 1, words="a whole number from 0 to 4294967295 (
                "for a random start)")
 
 
+# This machine's part of a full device name, as TensorFlow prints it: /job:localhost/replica:0/task:0
+LOCAL_PREFIX = r"(/job:localhost(/replica:0)?(/task:0)?/)?/?(device:)?"
+
+
 def device_list(text):
     """--devices: 'gpu:0,gpu:1' -> ['/gpu:0', '/gpu:1'] (an argparse type): each a device type and
-    index, with or without TensorFlow's '/' and 'device:', none twice. Whether this machine has them
-    is checked once TensorFlow has started (fast_train.choose_strategy)."""
+    index, with or without TensorFlow's '/' and 'device:' or its full local name
+    (/job:localhost/replica:0/task:0/device:GPU:0), none twice. Whether this machine has them is
+    checked once TensorFlow has started (fast_train.choose_strategy)."""
     devices = [item.strip() for item in text.split(",")]
     for item in devices:
-        if not re.fullmatch(r"/?(device:)?(cpu|gpu|tpu):\d+", item, re.IGNORECASE):
-            raise argparse.ArgumentTypeError(f"'{item}' is not a device such as gpu:0 or /cpu:0 "
-                                             f"(give them separated by commas)")
-    names = ["/" + re.sub(r"^/?(device:)?", "", item).lower() for item in devices]
+        if not re.fullmatch(LOCAL_PREFIX + r"(cpu|gpu|tpu):\d+", item, re.IGNORECASE):
+            raise argparse.ArgumentTypeError(f"'{item}' is not a device name such as gpu:0, /cpu:0 or "
+                                             f"/job:localhost/replica:0/task:0/device:GPU:0 (give them "
+                                             f"separated by commas)")
+    names = ["/" + re.sub("^" + LOCAL_PREFIX, "", item, flags=re.IGNORECASE).lower() for item in devices]
     if len(set(names)) < len(names):
         raise argparse.ArgumentTypeError(f"must be devices named once each, not {text}")
     return names

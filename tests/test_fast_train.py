@@ -194,6 +194,18 @@ def test_devices_this_machine_lacks_are_refused_not_ignored():
     assert fast_train.choose_strategy(["/cpu:0"]).num_replicas_in_sync == 1
 
 
+def test_devices_may_be_given_by_tensorflows_full_local_names():
+    """As tf.config.list_logical_devices prints them; another worker's devices are not this machine's."""
+    import argparse
+    import cli
+    assert cli.device_list("/job:localhost/replica:0/task:0/device:CPU:0, gpu:1") == ["/cpu:0", "/gpu:1"]
+    with pytest.raises(argparse.ArgumentTypeError, match="named once each"):
+        cli.device_list("cpu:0,/job:localhost/replica:0/task:0/device:CPU:0")
+    for other in ("/job:worker/replica:0/task:1/device:GPU:0", "/job:localhostgpu:0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a device name"):
+            cli.device_list(other)
+
+
 def test_a_training_with_identity_start_is_rebuilt_as_one(inputs, tiny16, tmp_path):
     """training.json records it, so that the restored network and the export start from the input
     too: after one step at a negligible learning rate they still return it."""
