@@ -268,7 +268,7 @@ def paired_ratios(network, content, style, sizes, precisions, rounds):
             objective = Objective(VGG(network, layers, pooling=base.pooling, dtype=precision), c,
                                   [fit(style, size)], [1.0], base)
             adam_step = adam_functions(objective, c, base)[3]
-            optimizer = lbfgs_optimizer(objective, c[np.newaxis])
+            optimizer = lbfgs_optimizer(objective, c[np.newaxis], preconditioned=True)  # fast's
             steps[precision, "adam"] = lambda step=adam_step: [t.numpy() for t in step()]
             steps[precision, "lbfgs"] = lambda optimizer=optimizer: float(optimizer.step()[0])
         for step in steps.values():  # trace and warm up

@@ -110,6 +110,10 @@ def build_parser():
     opt.add_argument("--lbfgs-impl", choices=("tf", "scipy"),
                      help="L-BFGS implementation: tf, lbfgs.py on the device (default), or scipy's L-BFGS-B "
                      "on the host (keras: the only one that runs unbounded and in rounds)")
+    opt.add_argument("--lbfgs-preconditioned", action=argparse.BooleanOptionalAction,
+                     help="lbfgs.py's initial matrix weighs the image's long waves and quiet pixels up: "
+                     "fewer evaluations from the content (default on in fast, off elsewhere: from white "
+                     "noise, texture drifts into broad blobs)")
     opt.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
                      help="recompute activations in the backward pass to save memory (auto: when "
                      "they would not fit)")

@@ -129,7 +129,7 @@ PRESETS["tf-tutorial"] = {
 # initial matrix weighs long waves and quiet pixels up, one scale reaches a lower objective sooner,
 # but paints the sky in fine strokes only; the half size keeps the painting's broad ones.
 PRESETS["fast"] = dict(PRESETS["writeup"], optimizer="lbfgs", iterations=60, scales=((0.5, 100), (1.0, None)),
-                       init="content", precision="auto", balance="auto")
+                       init="content", precision="auto", balance="auto", lbfgs_preconditioned=True)
 
 
 def settings_for_preset(name, **overrides):

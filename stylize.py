@@ -50,6 +50,10 @@ class Settings:
     optimizer: str = _writeup("optimizer")
     learning_rate: float = _writeup("learning_rate")
     lbfgs_impl: str = "tf"  # one of LBFGS_IMPLS: lbfgs.py, or scipy's (unbounded and rounds: keras)
+    # lbfgs.py's initial matrix weighs the image's long waves and quiet values up (lbfgs_optimizer):
+    # fast's lever. Off elsewhere: from white noise, texture alone drifts into broad blobs the
+    # paper's L-BFGS never made (docs/speed.md).
+    lbfgs_preconditioned: bool = False
     iterations: int = _writeup("iterations")
     init: str = _writeup("init")
     noise_ratio: float = _writeup("noise_ratio")
@@ -310,7 +314,8 @@ def stylize(network, content, styles, settings, monitor=lambda progress: True, i
             reached, done, status = _adam(objective, start, steps, settings, report, clip)
         else:
             if settings.lbfgs_impl == "tf":
-                reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact)
+                reached, done, status = _lbfgs_tf(objective, np.clip(start, 0.0, 255.0), steps, report, exact,
+                                                  settings.lbfgs_preconditioned)
             else:
                 reached, done, status = _lbfgs(objective, start, steps, report, exact, clip,
                                                settings.lbfgs_round)
@@ -618,26 +623,28 @@ LBFGS_HISTORY = 5  # lbfgs.py's correction pairs for an image (scipy's keeps its
 LBFGS_SCALING = 0.5  # lbfgs.py's per-value diagonal: R^2 from the mean square gradient v as v^(-1/4) (LBFGS.rescale)
 
 
-def lbfgs_optimizer(objective, x):
+def lbfgs_optimizer(objective, x, preconditioned):
     """lbfgs.py's L-BFGS over a [1, H, W, 3] image in 0..255. Five pairs, not the textbook ten: to
     the time-to-quality target at 256 px, 5, 7, 10, 20 and 30 pairs took 226, 223, 230, 238 and 226
     full-size evaluations, while the two-loop recursion, bound by memory, costs in proportion to them,
     and the history holds 2 image-sized vectors a pair (3 GB at 4096x3072 with ten); docs/speed.md.
-    The initial matrix weighs the image's long waves up (lbfgs.frequency_weights) and its values
-    with small gradients (LBFGS.rescale)."""
+    `preconditioned`: the initial matrix weighs the image's long waves up (lbfgs.frequency_weights)
+    and its values with small gradients (LBFGS.rescale); else it is the identity, scaled."""
     import lbfgs
+    if not preconditioned:
+        return lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0, history=LBFGS_HISTORY)
     return lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0, history=LBFGS_HISTORY,
                        weights=lbfgs.frequency_weights(x.shape), scaling=LBFGS_SCALING)
 
 
-def _lbfgs_tf(objective, start, iterations, report, exact=None):
+def _lbfgs_tf(objective, start, iterations, report, exact=None, preconditioned=False):
     """lbfgs.py's L-BFGS on the device, with _lbfgs's contract: an iteration is one evaluation, the
     best image is returned, and in reduced precision `exact()` takes over in float32 once the line
     search stalls (rounding noise) or the loss overflows. In float32 a stall restarts from the best
-    image with a fresh history while that still makes progress."""
+    image with a fresh history while that still makes progress. `preconditioned`: lbfgs_optimizer's."""
     import lbfgs
     shape = (1,) + start.shape
-    optimizer = lbfgs_optimizer(objective, start.reshape(shape))
+    optimizer = lbfgs_optimizer(objective, start.reshape(shape), preconditioned)
     iteration, status, best_at_stall = -1, "done", np.inf
     best_iteration, best_loss = 0, np.inf
     try:
@@ -645,7 +652,7 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
             loss, (terms, total), event = optimizer.step()
             if not np.isfinite(float(loss)):
                 if exact is not None:
-                    optimizer = lbfgs_optimizer(exact(), optimizer.best.value())
+                    optimizer = lbfgs_optimizer(exact(), optimizer.best.value(), preconditioned)
                     exact, best_loss = None, np.inf
                     continue
                 status = "diverged"
@@ -659,7 +666,7 @@ def _lbfgs_tf(objective, start, iterations, report, exact=None):
                 break
             if int(event) == lbfgs.STALLED:
                 if exact is not None:  # rounding noise: float32 goes on from the best image
-                    optimizer = lbfgs_optimizer(exact(), optimizer.best.value())
+                    optimizer = lbfgs_optimizer(exact(), optimizer.best.value(), preconditioned)
                     exact, best_loss = None, np.inf
                 elif best_loss >= best_at_stall:
                     break

@@ -415,9 +415,9 @@ def test_no_float32_hand_over_where_it_would_not_fit(tiny_network, monkeypatch):
     exacts = []
     original = stylize._lbfgs_tf
 
-    def recording(objective, start, iterations, report, exact=None):
+    def recording(objective, start, iterations, report, exact=None, preconditioned=False):
         exacts.append(exact)
-        return original(objective, start, iterations, report, exact)
+        return original(objective, start, iterations, report, exact, preconditioned)
     monkeypatch.setattr(stylize, "_lbfgs_tf", recording)
     run = lambda: stylize.stylize(tiny_network, smooth_image(32, 40), [stripes_image(40, 40)],
                                   small_settings(iterations=2, precision="bfloat16"))
