@@ -32,9 +32,9 @@ def loss_scale(gradient):
     """The factor both L-BFGS implementations multiply the loss by, from its first gradient.
 
     Their first step is -gradient itself (scipy's L-BFGS-B with bounds; lbfgs.py's is -M gradient,
-    M >= I): where that moves no pixel by a grey level (the authors' means with
-    small weights: 1e-8 a pixel) the line search starts far too short. Scaled, the steepest pixel moves by at least one level (the same
-    minimum); a loss of ordinary scale is left as it is."""
+    M >= I): where that moves no pixel by a grey level (the authors' means with small weights: 1e-8
+    a pixel) the line search starts far too short. Scaled, the steepest pixel moves by at least one
+    level (the same minimum); a loss of ordinary scale is left as it is."""
     return tf.maximum(1.0, 1.0 / tf.maximum(tf.reduce_max(tf.abs(gradient)), 1e-30))
 
 

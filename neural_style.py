@@ -282,8 +282,9 @@ def check_paths(args):
     files.check_new(record, args.overwrite, "run record")
     written = {args.output: "the image", record: "the run's record"}
     if args.progress_plot:
-        files.check_new(plot_path(args.output), args.overwrite, "loss plot")
-        written[plot_path(args.output)] = "the loss plot"
+        plot = plot_path(args.output)
+        files.check_new(plot, args.overwrite, "loss plot")
+        written[plot] = "the loss plot"
     if args.progress_file:
         if args.progress_file.is_dir():
             raise UserError(f"progress file {args.progress_file} is a folder; give a file name")

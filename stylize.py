@@ -631,10 +631,9 @@ def lbfgs_optimizer(objective, x, preconditioned):
     `preconditioned`: the initial matrix weighs the image's long waves up (lbfgs.frequency_weights)
     and its values with small gradients (LBFGS.rescale); else it is the identity, scaled."""
     import lbfgs
-    if not preconditioned:
-        return lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0, history=LBFGS_HISTORY)
+    initial_matrix = dict(weights=lbfgs.frequency_weights(x.shape), scaling=LBFGS_SCALING) if preconditioned else {}
     return lbfgs.LBFGS(_scaled_loss_and_gradient(objective), x, 0.0, 255.0, history=LBFGS_HISTORY,
-                       weights=lbfgs.frequency_weights(x.shape), scaling=LBFGS_SCALING)
+                       **initial_matrix)
 
 
 def _lbfgs_tf(objective, start, iterations, report, exact=None, preconditioned=False):
