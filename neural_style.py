@@ -159,7 +159,12 @@ def settings_from(args):
         [name.strip() for name in spec.split(",") if name.strip()] for spec in args.style_layer_sets]
     given["recompute"] = {"auto": "auto", "on": True, "off": False}[args.recompute]
     given["writeup_exact"] = args.writeup_exact or None
-    return settings_for_preset(args.preset, **given), max_size
+    settings = settings_for_preset(args.preset, **given)
+    # Asked for by name, not inherited from fast: there it would do nothing, which the user should hear.
+    if args.lbfgs_preconditioned and (settings.optimizer, settings.lbfgs_impl) != ("lbfgs", "tf"):
+        raise UserError("--lbfgs-preconditioned shapes lbfgs.py's initial matrix; it needs --optimizer lbfgs "
+                        "with --lbfgs-impl tf")
+    return settings, max_size
 
 
 def plot_path(output):

@@ -275,6 +275,24 @@ def test_writeup_exact_refuses_what_the_write_up_did_not_do(base, tmp_path, caps
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra", [["--optimizer", "adam"], ["--lbfgs-impl", "scipy"],
+                                   ["--preset", "gatys2016", "--optimizer", "adam"]])
+def test_lbfgs_preconditioned_is_refused_where_it_would_do_nothing(base, tmp_path, capsys, extra):
+    assert cli(*base, "--preset", "fast", *extra, "--lbfgs-preconditioned", "--output", tmp_path / "o.png") == 1
+    assert "--lbfgs-preconditioned shapes lbfgs.py's initial matrix" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_fast_with_adam_still_runs_though_fast_turns_the_preconditioning_on(base):
+    args = neural_style.parse_args([str(a) for a in base] + ["--output", "x.png", "--preset", "fast",
+                                                             "--optimizer", "adam"])
+    s, _ = neural_style.settings_from(args)
+    assert (s.optimizer, s.lbfgs_preconditioned) == ("adam", True)
+    args = neural_style.parse_args([str(a) for a in base] + ["--output", "x.png", "--optimizer", "adam",
+                                                             "--no-lbfgs-preconditioned"])
+    assert neural_style.settings_from(args)[0].lbfgs_preconditioned is False
+
+
 def test_keras_preset_renders_400_px_high_from_the_content(base, tmp_path):
     out, log = tmp_path / "k.png", tmp_path / "k.jsonl"
     assert cli(*base, "--preset", "keras", "--iterations", 2, "--output", out, "--progress-file", log) == 0
