@@ -162,8 +162,8 @@ def settings_from(args):
     settings = settings_for_preset(args.preset, **given)
     # Asked for by name, not inherited from fast: there it would do nothing, which the user should hear.
     if args.lbfgs_preconditioned and (settings.optimizer, settings.lbfgs_impl) != ("lbfgs", "tf"):
-        raise UserError("--lbfgs-preconditioned shapes lbfgs.py's initial matrix; it needs --optimizer lbfgs "
-                        "with --lbfgs-impl tf")
+        raise UserError("--lbfgs-preconditioned shapes lbfgs.py's initial matrix and does nothing with Adam or "
+                        "scipy's L-BFGS-B; use it with --optimizer lbfgs --lbfgs-impl tf, or leave it out")
     return settings, max_size
 
 

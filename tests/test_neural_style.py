@@ -283,7 +283,7 @@ def test_lbfgs_preconditioned_is_refused_where_it_would_do_nothing(base, tmp_pat
     assert not (tmp_path / "o.png").exists()
 
 
-def test_fast_with_adam_still_runs_though_fast_turns_the_preconditioning_on(base):
+def test_fast_with_adam_is_accepted_though_fast_turns_the_preconditioning_on(base):
     args = neural_style.parse_args([str(a) for a in base] + ["--output", "x.png", "--preset", "fast",
                                                              "--optimizer", "adam"])
     s, _ = neural_style.settings_from(args)
