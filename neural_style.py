@@ -160,11 +160,32 @@ def settings_from(args):
     given["recompute"] = {"auto": "auto", "on": True, "off": False}[args.recompute]
     given["writeup_exact"] = args.writeup_exact or None
     settings = settings_for_preset(args.preset, **given)
-    # Asked for by name, not inherited from fast: there it would do nothing, which the user should hear.
-    if args.lbfgs_preconditioned and (settings.optimizer, settings.lbfgs_impl) != ("lbfgs", "tf"):
-        raise UserError("--lbfgs-preconditioned shapes lbfgs.py's initial matrix and does nothing with Adam or "
-                        "scipy's L-BFGS-B; use it with --optimizer lbfgs --lbfgs-impl tf, or leave it out")
+    check_optimizer_options(args, settings)
     return settings, max_size
+
+
+# The options of one optimiser (and implementation: None, either), as (optimizer, lbfgs_impl).
+OPTIMIZER_OPTIONS = {"learning_rate": ("adam", None), "adam_beta1": ("adam", None),
+                     "adam_epsilon": ("adam", None), "lbfgs_impl": ("lbfgs", None),
+                     "lbfgs_round": ("lbfgs", None), "lbfgs_preconditioned": ("lbfgs", "tf")}
+OPTIMIZER_NAMES = {("adam", None): "Adam", ("lbfgs", None): "L-BFGS", ("lbfgs", "tf"): "lbfgs.py's L-BFGS",
+                   ("lbfgs", "scipy"): "scipy's L-BFGS-B"}
+
+
+def check_optimizer_options(args, settings):
+    """An option the user named for an optimiser the run does not use would do nothing: refused.
+    Only options given by name (a preset's own values are not the user asking), and a flag only when
+    on (--no-lbfgs-preconditioned with Adam asks for nothing)."""
+    for name, (optimizer, impl) in OPTIMIZER_OPTIONS.items():
+        value = getattr(args, name)
+        if value is None or value is False:
+            continue
+        if settings.optimizer != optimizer or impl not in (None, settings.lbfgs_impl):
+            used = (settings.optimizer, settings.lbfgs_impl if settings.optimizer == "lbfgs" else None)
+            needs = f"--optimizer {optimizer}" + (f" --lbfgs-impl {impl}" if impl else "")
+            raise UserError(f"--{name.replace('_', '-')} is an option of {OPTIMIZER_NAMES[optimizer, impl]} and "
+                            f"this run uses {OPTIMIZER_NAMES[used]}, so it would do nothing; add {needs}, "
+                            f"or leave it out")
 
 
 def plot_path(output):
