@@ -156,7 +156,7 @@ def check_folder(path, what="output"):
     if not folder.is_dir():
         raise UserError(f"{what} folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK):
-        raise UserError(f"{what} folder {folder} is not writable")
+        raise UserError(f"{what} folder {folder} is not writable; choose a folder you can write to")
 
 
 def check_new(path, overwrite, what="output", option="--overwrite"):

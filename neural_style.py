@@ -298,10 +298,22 @@ class Monitor:
             self._close_log()
 
 
-def check_paths(args):
+def snapshot_paths(args, settings):
+    """Every name a snapshot of this run could take: OUTPUT_00100.png, ... every --snapshot-every
+    iterations, and the write-up's OUTPUT_0.jpg, OUTPUT_100.jpg, ... with --writeup-exact."""
+    output, every = args.output, args.snapshot_every
+    last = sum(count or settings.iterations for _, count in settings.scales)
+    paths = [output.with_name(f"{output.stem}_{i:05d}{output.suffix}") for i in range(every, last + 1, every)] \
+        if every else []
+    if settings.writeup_exact:
+        paths += [output.with_name(f"{output.stem}_{i}.jpg") for i in range(0, last, 100)]
+    return paths
+
+
+def check_paths(args, settings):
     """The output names before the long work: free (or --overwrite), writable, apart, and never one
     of the inputs or the network (--overwrite would otherwise replace the user's photo with the
-    result, or the weights with the progress file)."""
+    result, or the weights with the progress file or a snapshot)."""
     import images
     images.check_writable(args.output, args.overwrite)
     record = args.output.with_suffix(".json")
@@ -323,7 +335,7 @@ def check_paths(args):
         written[args.progress_file] = "the progress file"
     inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else []),
               *([args.network] if args.network else [])]
-    for output in written:
+    for output in [*written, *snapshot_paths(args, settings)]:
         for given in inputs:
             if output.exists() and given.exists() and os.path.samefile(output, given):
                 raise UserError(f"{output} is one of the inputs ({given}); the run would replace it, "
@@ -335,7 +347,7 @@ def run(args):
     import vgg
     from stylize import check_inputs, stylize
     settings, max_size = settings_from(args)
-    check_paths(args)
+    check_paths(args, settings)
     content, styles = load_inputs(args, max_size)
     init_image = images.load_image(args.init_image, "init image") if args.init_image else None
     masks = [images.load_mask(path) for path in args.style_mask] if args.style_mask else None

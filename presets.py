@@ -59,7 +59,11 @@ def balance_value(text):
 def parse_scales(spec):
     """'0.25:300,0.5,1' -> ((0.25, 300), (0.5, None), (1.0, None)); None means --iterations."""
     scales = []
-    for item in (part.strip() for part in spec.split(",") if part.strip()):
+    items = [part.strip() for part in spec.split(",")]
+    if spec.strip() and not all(items):  # '0.5,,1': a fraction left out, not something to guess
+        raise UserError(f"--scales '{spec}' has an empty entry; give fractions separated by single commas, "
+                        f"e.g. 0.5,1")
+    for item in filter(None, items):
         fraction, _, count = item.partition(":")
         try:
             scales.append((float(fraction), int(count) if count else None))

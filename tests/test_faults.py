@@ -116,6 +116,17 @@ def a_photo_named_like_a_loss_plot(monkeypatch, places):
     shutil.copy(places["content"], places["tmp"] / "a.losses.png")
 
 
+def a_photo_named_like_a_snapshot(monkeypatch, places):
+    shutil.copy(places["content"], places["tmp"] / "a_00001.png")
+
+
+def a_locked_folder(monkeypatch, places):
+    """A folder this user cannot write in (the tests may run as root, whom permissions do not stop)."""
+    (places["tmp"] / "locked").mkdir()
+    real = os.access
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path).name != "locked" and real(path, mode))
+
+
 def an_earlier_record(monkeypatch, places):
     (places["tmp"] / "out.json").write_text('{"mine": 1}\n')
 
@@ -162,6 +173,13 @@ NEURAL_STYLE = [
     Row([], 1, "out.json already exists; pass --overwrite", fault=an_earlier_record, absent=["{tmp}/out.png"]),
     Row(["--content", "{tmp}/a.losses.png", "--output", "{tmp}/a.png", "--progress-plot", "--overwrite"], 1,
         "is one of the inputs", fault=a_photo_named_like_a_loss_plot, absent=["{tmp}/a.png"]),
+    Row(["--content", "{tmp}/a_00001.png", "--output", "{tmp}/a.png", "--snapshot-every", "1", "--overwrite"], 1,
+        "is one of the inputs", fault=a_photo_named_like_a_snapshot, absent=["{tmp}/a.png"]),
+    Row(["--output", "{tmp}/locked/out.png"], 1, "is not writable; choose a folder you can write to",
+        fault=a_locked_folder),
+    Row(["--scales", "0.5,,1"], 1, "has an empty entry"),
+    Row(["--scales", "0.5,1,1"], 1, "scales must rise to 1"),
+    Row(["--scales", "1.0000001"], 1, "got 1.0000001"),
     Row(["--output", "{content}/out.png"], 1, "is a file, not a folder"),
     Row(["--progress-file", "{tmp}/missing/progress.jsonl"], 1, "progress file folder",
         absent=["{tmp}/out.png"]),

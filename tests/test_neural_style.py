@@ -271,6 +271,17 @@ def test_writeup_exact_keeps_the_native_size_and_writes_a_jpeg_every_100_steps(t
     assert images.load_image(tmp_path / "out_200.jpg").shape == (24, 530, 3)
 
 
+def test_snapshot_paths_name_every_snapshot_the_run_writes(base):
+    args = neural_style.parse_args([str(a) for a in base] + ["--output", "o.png", "--snapshot-every", "2",
+                                                             "--scales", "0.5:3,1", "--iterations", "2"])
+    names = [p.name for p in neural_style.snapshot_paths(args, neural_style.settings_from(args)[0])]
+    assert names == ["o_00002.png", "o_00004.png"]  # 3 + 2 iterations in all
+    args = neural_style.parse_args([str(a) for a in base] + ["--output", "o.png", "--writeup-exact",
+                                                             "--iterations", "201"])
+    names = [p.name for p in neural_style.snapshot_paths(args, neural_style.settings_from(args)[0])]
+    assert names == ["o_0.jpg", "o_100.jpg", "o_200.jpg"]  # as the run writes them (the test above)
+
+
 @pytest.mark.parametrize("extra, message", [(["--preset", "keras"], "cannot be combined"),
                                             (["--max-size", "64"], "native size")])
 def test_writeup_exact_refuses_what_the_write_up_did_not_do(base, tmp_path, capsys, extra, message):
