@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -298,16 +299,19 @@ class Monitor:
             self._close_log()
 
 
-def snapshot_paths(args, settings):
-    """Every name a snapshot of this run could take: OUTPUT_00100.png, ... every --snapshot-every
-    iterations, and the write-up's OUTPUT_0.jpg, OUTPUT_100.jpg, ... with --writeup-exact."""
-    output, every = args.output, args.snapshot_every
-    last = sum(count or settings.iterations for _, count in settings.scales)
-    paths = [output.with_name(f"{output.stem}_{i:05d}{output.suffix}") for i in range(every, last + 1, every)] \
-        if every else []
-    if settings.writeup_exact:
-        paths += [output.with_name(f"{output.stem}_{i}.jpg") for i in range(0, last, 100)]
-    return paths
+def takes_a_snapshot_name(args, settings, path):
+    """Whether one of this run's snapshots (OUTPUT_00100.png, ... every --snapshot-every iterations;
+    the write-up's OUTPUT_0.jpg, OUTPUT_100.jpg, ... with --writeup-exact) would be written where
+    `path` (links followed) is. Decided from the name, not by listing the snapshots: a run may ask
+    for a billion iterations."""
+    path, stem = Path(path).resolve(), args.output.stem
+    match = re.fullmatch(re.escape(stem) + r"_(\d+)\..*", path.name)
+    if not match or path.parent != args.output.parent.resolve():
+        return False
+    i, last, every = int(match[1]), sum(count or settings.iterations for _, count in settings.scales), \
+        args.snapshot_every
+    return bool(every and 0 < i <= last and i % every == 0 and path.name == f"{stem}_{i:05d}{args.output.suffix}"
+                or settings.writeup_exact and 0 <= i < last and i % 100 == 0 and path.name == f"{stem}_{i}.jpg")
 
 
 def check_paths(args, settings):
@@ -335,11 +339,15 @@ def check_paths(args, settings):
         written[args.progress_file] = "the progress file"
     inputs = [args.content, *args.style, *(args.style_mask or []), *([args.init_image] if args.init_image else []),
               *([args.network] if args.network else [])]
-    for output in [*written, *snapshot_paths(args, settings)]:
+    for output in written:
         for given in inputs:
             if output.exists() and given.exists() and os.path.samefile(output, given):
                 raise UserError(f"{output} is one of the inputs ({given}); the run would replace it, "
                                 f"so choose another name (even with --overwrite)")
+    for given in inputs:
+        if given.exists() and takes_a_snapshot_name(args, settings, given):
+            raise UserError(f"{given} is one of the inputs and has the name of one of this run's snapshots, "
+                            f"which would replace it; choose another --output name (even with --overwrite)")
 
 
 def run(args):

@@ -271,15 +271,18 @@ def test_writeup_exact_keeps_the_native_size_and_writes_a_jpeg_every_100_steps(t
     assert images.load_image(tmp_path / "out_200.jpg").shape == (24, 530, 3)
 
 
-def test_snapshot_paths_name_every_snapshot_the_run_writes(base):
-    args = neural_style.parse_args([str(a) for a in base] + ["--output", "o.png", "--snapshot-every", "2",
-                                                             "--scales", "0.5:3,1", "--iterations", "2"])
-    names = [p.name for p in neural_style.snapshot_paths(args, neural_style.settings_from(args)[0])]
-    assert names == ["o_00002.png", "o_00004.png"]  # 3 + 2 iterations in all
-    args = neural_style.parse_args([str(a) for a in base] + ["--output", "o.png", "--writeup-exact",
-                                                             "--iterations", "201"])
-    names = [p.name for p in neural_style.snapshot_paths(args, neural_style.settings_from(args)[0])]
-    assert names == ["o_0.jpg", "o_100.jpg", "o_200.jpg"]  # as the run writes them (the test above)
+@pytest.mark.parametrize("options, names, not_names", [
+    (["--snapshot-every", "2", "--scales", "0.5:3,1", "--iterations", "2"],  # 3 + 2 iterations in all
+     ["o_00002.png", "o_00004.png"], ["o_00003.png", "o_00006.png", "o_00000.png", "o_2.png", "o_00002.jpg"]),
+    (["--writeup-exact", "--iterations", "201"], ["o_0.jpg", "o_100.jpg", "o_200.jpg"],  # as the run writes them
+     ["o_300.jpg", "o_50.jpg", "o_00100.png", "o_0100.jpg"]),
+    (["--iterations", "1000000000000", "--snapshot-every", "1"], ["o_999999999999.png"], ["o_x.png", "p_00001.png"])])
+def test_a_snapshot_name_is_told_from_the_name_alone(base, tmp_path, options, names, not_names):
+    args = neural_style.parse_args([str(a) for a in base] + ["--output", str(tmp_path / "o.png"), *options])
+    settings = neural_style.settings_from(args)[0]
+    assert all(neural_style.takes_a_snapshot_name(args, settings, tmp_path / name) for name in names)
+    assert not any(neural_style.takes_a_snapshot_name(args, settings, tmp_path / name) for name in not_names)
+    assert not neural_style.takes_a_snapshot_name(args, settings, tmp_path / "elsewhere" / names[0])
 
 
 @pytest.mark.parametrize("extra, message", [(["--preset", "keras"], "cannot be combined"),
