@@ -168,7 +168,7 @@ def settings_from(args):
 # The options of one optimiser (and implementation: None, either), as (optimizer, lbfgs_impl).
 OPTIMIZER_OPTIONS = {"learning_rate": ("adam", None), "adam_beta1": ("adam", None),
                      "adam_epsilon": ("adam", None), "lbfgs_impl": ("lbfgs", None),
-                     "lbfgs_round": ("lbfgs", None), "lbfgs_preconditioned": ("lbfgs", "tf")}
+                     "lbfgs_round": ("lbfgs", "scipy"), "lbfgs_preconditioned": ("lbfgs", "tf")}
 OPTIMIZER_NAMES = {("adam", None): "Adam", ("lbfgs", None): "L-BFGS", ("lbfgs", "tf"): "lbfgs.py's L-BFGS",
                    ("lbfgs", "scipy"): "scipy's L-BFGS-B"}
 
@@ -183,10 +183,11 @@ def check_optimizer_options(args, settings):
             continue
         if settings.optimizer != optimizer or impl not in (None, settings.lbfgs_impl):
             used = (settings.optimizer, settings.lbfgs_impl if settings.optimizer == "lbfgs" else None)
-            needs = f"--optimizer {optimizer}" + (f" --lbfgs-impl {impl}" if impl else "")
+            needs = ([f"--optimizer {optimizer}"] if settings.optimizer != optimizer else []) + \
+                ([f"--lbfgs-impl {impl}"] if impl and settings.lbfgs_impl != impl else [])
             raise UserError(f"--{name.replace('_', '-')} is an option of {OPTIMIZER_NAMES[optimizer, impl]} and "
-                            f"this run uses {OPTIMIZER_NAMES[used]}, so it would do nothing; add {needs}, "
-                            f"or leave it out")
+                            f"this run uses {OPTIMIZER_NAMES[used]}, so it would do nothing; use "
+                            f"{' '.join(needs)}, or leave it out")
 
 
 def plot_path(output):
@@ -344,8 +345,8 @@ def check_paths(args, settings):
             if output.exists() and given.exists() and os.path.samefile(output, given):
                 raise UserError(f"{output} is one of the inputs ({given}); the run would replace it, "
                                 f"so choose another name (even with --overwrite)")
-    for given in inputs:
-        if given.exists() and takes_a_snapshot_name(args, settings, given):
+    for given in inputs:  # without --overwrite a snapshot takes the next free name instead
+        if args.overwrite and given.exists() and takes_a_snapshot_name(args, settings, given):
             raise UserError(f"{given} is one of the inputs and has the name of one of this run's snapshots, "
                             f"which would replace it; choose another --output name (even with --overwrite)")
 

@@ -775,7 +775,7 @@ def _check_settings(settings, style_count):
     fractions = [fraction for fraction, _ in settings.scales]
     if not fractions or fractions[-1] != 1.0 or any(not 0 < f <= 1 for f in fractions) \
             or any(finer <= coarser for coarser, finer in zip(fractions, fractions[1:])):
-        raise UserError(f"scales must rise to 1 (the output size), e.g. 0.25,0.5,1; got "
+        raise UserError(f"scales must rise to 1 (the output size), each fraction once, e.g. 0.25,0.5,1; got "
                         f"{','.join(f'{f:.12g}' for f in fractions)}")
     if any(count is not None and count < 1 for _, count in settings.scales):
         raise UserError("each scale needs a positive number of iterations")

@@ -1,6 +1,7 @@
 """neural_style.py end to end at 32-64 px on a tiny network: results, presets, progress, bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,6 +301,7 @@ def test_writeup_exact_refuses_what_the_write_up_did_not_do(base, tmp_path, caps
     (["--preset", "keras", "--adam-epsilon", "0.5"], "--adam-epsilon", "scipy's L-BFGS-B"),
     (["--preset", "fast", "--optimizer", "lbfgs", "--adam-beta1", "0.5"], "--adam-beta1", "lbfgs.py's L-BFGS"),
     (["--lbfgs-round", "7"], "--lbfgs-round", "Adam"),  # the writeup preset: Adam
+    (["--preset", "fast", "--lbfgs-round", "7"], "--lbfgs-round", "lbfgs.py's L-BFGS"),
     (["--preset", "tf-tutorial", "--lbfgs-impl", "tf"], "--lbfgs-impl", "Adam")])
 def test_an_option_of_the_optimiser_the_run_does_not_use_is_refused(base, tmp_path, capsys, extra, option, used):
     assert cli(*base, *extra, "--output", tmp_path / "o.png") == 1
@@ -307,6 +309,24 @@ def test_an_option_of_the_optimiser_the_run_does_not_use_is_refused(base, tmp_pa
     assert f"{option} is an option of" in err and f"this run uses {used}, so it would do nothing" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("extra, hint", [
+    (["--lbfgs-round", "7"], "use --optimizer lbfgs --lbfgs-impl scipy, or leave it out"),
+    (["--preset", "fast", "--lbfgs-impl", "scipy", "--lbfgs-preconditioned"], "use --lbfgs-impl tf, or leave"),
+    (["--preset", "fast", "--learning-rate", "5"], "use --optimizer adam, or leave it out")])
+def test_the_refusal_names_only_what_to_change(base, tmp_path, capsys, extra, hint):
+    assert cli(*base, *extra, "--output", tmp_path / "o.png") == 1
+    assert hint in capsys.readouterr().err
+
+
+def test_an_input_named_like_a_snapshot_is_kept_without_overwrite(base, tmp_path):
+    content = tmp_path / "o_00001.png"
+    shutil.copy(base[1], content)
+    before = content.read_bytes()
+    assert cli("--content", content, *base[2:], "--output", tmp_path / "o.png", "--snapshot-every", 1,
+               "--iterations", 2) == 0
+    assert content.read_bytes() == before and (tmp_path / "o_00001.1.png").exists()
 
 
 def test_fast_with_adam_is_accepted_though_fast_turns_the_preconditioning_on(base):
