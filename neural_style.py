@@ -259,13 +259,10 @@ class Monitor:
                 self._close_log()
         every = self.args.snapshot_every
         if every and state.iteration and state.iteration % every == 0:
-            output = self.args.output
-            path = output.with_name(f"{output.stem}_{state.iteration:05d}{output.suffix}")
-            self._snapshot(path, state)
+            self._snapshot(snapshot_path(self.args.output, state.iteration), state)
         if self.settings.writeup_exact and state.iteration % 100 == 1:
             # The write-up saved a JPEG after the step of loop index i whenever i % 100 == 0.
-            output = self.args.output
-            self._snapshot(output.with_name(f"{output.stem}_{state.iteration - 1}.jpg"), state)
+            self._snapshot(snapshot_path(self.args.output, state.iteration - 1, writeup=True), state)
         text = (f"iteration {state.iteration}/{state.total_iterations}  content {state.content_loss:.4g}  "
                 f"style {state.style_loss:.4g}  tv {state.tv_loss:.4g}  total {state.total_loss:.4g}")
         keep = state.iteration % self.args.print_every == 0 or state.iteration == state.total_iterations
@@ -300,6 +297,13 @@ class Monitor:
             self._close_log()
 
 
+def snapshot_path(output, iteration, writeup=False):
+    """Where a snapshot goes: OUTPUT_00100.png (--snapshot-every), or the write-up's OUTPUT_100.jpg
+    named by its loop index (--writeup-exact)."""
+    return output.with_name(f"{output.stem}_{iteration}.jpg" if writeup else
+                            f"{output.stem}_{iteration:05d}{output.suffix}")
+
+
 def takes_a_snapshot_name(args, settings, path):
     """Whether one of this run's snapshots (OUTPUT_00100.png, ... every --snapshot-every iterations;
     the write-up's OUTPUT_0.jpg, OUTPUT_100.jpg, ... with --writeup-exact) would be written where
@@ -311,8 +315,9 @@ def takes_a_snapshot_name(args, settings, path):
         return False
     i, last, every = int(match[1]), sum(count or settings.iterations for _, count in settings.scales), \
         args.snapshot_every
-    return bool(every and 0 < i <= last and i % every == 0 and path.name == f"{stem}_{i:05d}{args.output.suffix}"
-                or settings.writeup_exact and 0 <= i < last and i % 100 == 0 and path.name == f"{stem}_{i}.jpg")
+    return bool(every and 0 < i <= last and i % every == 0 and path.name == snapshot_path(args.output, i).name
+                or settings.writeup_exact and 0 <= i < last and i % 100 == 0
+                and path.name == snapshot_path(args.output, i, writeup=True).name)
 
 
 def check_paths(args, settings):
