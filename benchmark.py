@@ -435,7 +435,7 @@ def time_to_quality(network, content, style, size, reference_iterations):
     # fast's recipe with its full-size scale run on, up to the reference's own count, until it
     # reaches the target: its default 60 evaluations stop at a finished picture, not at the target.
     fast = dataclasses.replace(settings_for_preset("fast"), seed=0, iterations=reference_iterations)
-    fast_iterations = sum(n or fast.iterations for _, n in fast.scales)
+    fast_iterations = fast.total_iterations()
     candidates = []  # (seconds, iteration, image) at full size whose own loss is near the target
 
     def watch(p):

@@ -313,8 +313,7 @@ def takes_a_snapshot_name(args, settings, path):
     match = re.fullmatch(re.escape(stem) + r"_(\d+)\..*", path.name)
     if not match or path.parent != args.output.parent.resolve():
         return False
-    i, last, every = int(match[1]), sum(count or settings.iterations for _, count in settings.scales), \
-        args.snapshot_every
+    i, last, every = int(match[1]), settings.total_iterations(), args.snapshot_every
     return bool(every and 0 < i <= last and i % every == 0 and path.name == snapshot_path(args.output, i).name
                 or settings.writeup_exact and 0 <= i < last and i % 100 == 0
                 and path.name == snapshot_path(args.output, i, writeup=True).name)

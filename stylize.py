@@ -73,6 +73,11 @@ class Settings:
     clip_image: bool = True  # keep the image in 0..255 while optimising (the write-up and Keras did not)
     writeup_exact: bool = False  # the write-up's code to the letter, mistakes included (writeup_exact_images)
 
+    def total_iterations(self):
+        """Iterations over all scales, numbered on across them (a scale too small for the network is
+        skipped at run time, so a run may end below this)."""
+        return sum(count or self.iterations for _, count in self.scales)
+
 
 @dataclass
 class Progress:
